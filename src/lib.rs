@@ -1,0 +1,20 @@
+//! Portcullis: just-in-time, approval-gated, time-bound access to Kubernetes
+//! Ingress and Gateway API routes, recorded in a verifiable ledger.
+//!
+//! This crate is the service and the CLI. The ledger format lives in
+//! `portcullis-format` (`schemas/`), pure folds in `portcullis-projections`.
+//!
+//! - [`store`]: event stores (SQLite embedded default).
+//! - [`ledger`]: the sequencer, the only writer: sequence, chain, sign, group commit.
+//! - [`api`]: the HTTP interface (axum).
+//! - [`export`]: tlog-tiles exports.
+//! - [`serve`]: the service's start and shutdown.
+//! - [`config`], [`keyfile`]: the config file and key files.
+
+pub mod api;
+pub mod config;
+pub mod export;
+pub mod keyfile;
+pub mod ledger;
+pub mod serve;
+pub mod store;

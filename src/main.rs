@@ -1,1 +1,292 @@
-fn main() {}
+//! The `portcullis` binary: the service and its command-line tools.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use portcullis::config::{self, ServeConfig};
+use portcullis::keyfile;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Just-in-time, approval-gated access to Kubernetes routes, with a verifiable ledger"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The config file (TOML); flags override it.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the ledger database and the log key live [default: portcullis-data].
+    #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service on the embedded SQLite store (keys are generated on first start).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on [default: 127.0.0.1:8480].
+        #[arg(long, env = "PORTCULLIS_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// The log's name (origin), used when the key is first generated.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Seconds between checkpoints while the ledger grows [default: 1].
+        #[arg(long)]
+        checkpoint_interval_secs: Option<u64>,
+    },
+    /// Write a new Ed25519 key pair: PATH (private, mode 0600) and PATH.pub; print the verifier key.
+    Keygen {
+        /// The key name: the origin of the log it will sign, e.g. portcullis.example.com/ledger.
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export the ledger in the C2SP tlog-tiles layout, with its checkpoint and entries.jsonl.
+    Export {
+        /// The target directory (must be absent or empty).
+        dir: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// First entry to include (rounded down to a multiple of 256); earlier ones are exported as hashes only.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Export the tree of this checkpointed size instead of the latest checkpoint.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Sign a checkpoint of the ledger's current size and print it.
+    Checkpoint {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write the tlog-proof evidence file of one entry.
+    Proof {
+        /// The entry's sequence number.
+        seq: u64,
+        #[command(flatten)]
+        common: Common,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Rotate the log's signing key (with the service stopped): the rotation is an entry signed by both keys.
+    RotateKey {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Verify an export or a proof file offline (same as portcullis-verify).
+    #[command(disable_help_flag = true)]
+    Verify {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn serve_config(
+    common: &Common,
+    listen: Option<SocketAddr>,
+    origin: Option<String>,
+    interval: Option<u64>,
+) -> anyhow::Result<ServeConfig> {
+    let file = match &common.config {
+        Some(path) => config::read(path)?,
+        None => config::FileConfig::default(),
+    };
+    Ok(config::merge(file, common.data_dir.clone(), listen, origin, interval)?)
+}
+
+/// Commands that need the ledger open but not the service: the service must be stopped.
+fn open_offline(
+    config: &ServeConfig,
+) -> anyhow::Result<(portcullis::ledger::Ledger, portcullis::ledger::SequencerThread)> {
+    if !config.database_path().exists() {
+        anyhow::bail!(
+            "no ledger at {}; run `portcullis serve` first",
+            config.database_path().display()
+        );
+    }
+    let (ledger, thread, _) = portcullis::serve::open_ledger(config)?;
+    Ok((ledger, thread))
+}
+
+async fn close(ledger: portcullis::ledger::Ledger, thread: portcullis::ledger::SequencerThread) -> anyhow::Result<()> {
+    ledger.close().await;
+    drop(ledger);
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .context("joining the sequencer")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            common,
+            listen,
+            origin,
+            checkpoint_interval_secs,
+        } => {
+            let config = serve_config(&common, listen, origin, checkpoint_interval_secs)?;
+            portcullis::serve::serve(config).await?;
+        }
+        Command::Keygen { name, out } => {
+            let key = keyfile::generate(&out, &name)?;
+            eprintln!(
+                "wrote {} (private, mode 0600) and {}",
+                out.display(),
+                keyfile::public_path(&out).display()
+            );
+            println!("{}", key.verifier());
+        }
+        Command::Export { dir, common, from, to } => {
+            let config = serve_config(&common, None, None, None)?;
+            if !config.database_path().exists() {
+                anyhow::bail!("no ledger at {}", config.database_path().display());
+            }
+            let store = portcullis::store::sqlite::SqliteStore::open(&config.database_path())?;
+            let tty = std::io::stderr().is_terminal();
+            let progress = |done: u64, total: u64| {
+                if tty {
+                    eprint!("\rexporting {done}/{total} entries");
+                }
+            };
+            let summary = portcullis::export::export(&store, &dir, from, to, &progress)?;
+            if tty {
+                eprintln!();
+            }
+            println!(
+                "exported entries {}..{} (tree size {}) to {}",
+                summary.first_entry,
+                summary.size,
+                summary.size,
+                dir.display()
+            );
+            if summary.not_checkpointed > 0 {
+                eprintln!(
+                    "note: {} newer entries are not covered by a checkpoint yet and were not exported; \
+                     run `portcullis checkpoint` (service stopped) or wait for the service to sign one",
+                    summary.not_checkpointed
+                );
+            }
+        }
+        Command::Checkpoint { common } => {
+            let config = serve_config(&common, None, None, None)?;
+            let (ledger, thread) = open_offline(&config)?;
+            let result = ledger.checkpoint().await;
+            close(ledger, thread).await?;
+            print!("{}", result?.1);
+        }
+        Command::Proof { seq, common, out } => {
+            let config = serve_config(&common, None, None, None)?;
+            let (ledger, thread) = open_offline(&config)?;
+            let result = proof_file(&ledger, seq).await;
+            close(ledger, thread).await?;
+            let text = result?;
+            match out {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        Command::RotateKey { common } => {
+            let config = serve_config(&common, None, None, None)?;
+            let (ledger, thread) = open_offline(&config)?;
+            let result = rotate(&config, &ledger).await;
+            close(ledger, thread).await?;
+            let new_vkey = result?;
+            portcullis::serve::promote_next_key(&config)?;
+            println!("{new_vkey}");
+        }
+        Command::Verify { args } => {
+            let code = portcullis_verify::run(&args, &mut std::io::stdout(), &mut std::io::stderr());
+            return Ok(ExitCode::from(code as u8));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn proof_file(ledger: &portcullis::ledger::Ledger, seq: u64) -> anyhow::Result<String> {
+    let (size, note) = ledger.checkpoint().await?;
+    if seq >= size {
+        anyhow::bail!("entry {seq} does not exist; the ledger holds {size} entries");
+    }
+    let store = ledger.store();
+    let entry = store.entries(seq, 1)?.pop().context("entry missing from the store")?;
+    let proof = portcullis_format::merkle::inclusion_proof(&portcullis::store::NodeReader(store.as_ref()), seq, size)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = portcullis_format::proof_file::ProofFile {
+        extra: Some(entry),
+        index: seq,
+        proof,
+        checkpoint: note.into_bytes(),
+    };
+    Ok(file.encode())
+}
+
+async fn rotate(config: &ServeConfig, ledger: &portcullis::ledger::Ledger) -> anyhow::Result<String> {
+    let next = portcullis::serve::next_key_path(config);
+    let new_key = keyfile::generate(&next, ledger.origin()).with_context(|| {
+        format!(
+            "writing the new key to {} (remove it if a previous rotation did not start)",
+            next.display()
+        )
+    })?;
+    let vkey = new_key.verifier().to_string();
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() < 200)
+        .unwrap_or_else(|| "unknown".into());
+    let actor = portcullis_format::event::Actor {
+        sub: format!("local:{user}"),
+        groups: Vec::new(),
+        via: "local".into(),
+    };
+    let receipt = ledger.rotate_key(new_key, actor).await?;
+    eprintln!(
+        "key rotated at entry {}; the new key signs from entry {}",
+        receipt.seq,
+        receipt.seq + 1
+    );
+    Ok(vkey)
+}
+
+/// The error and its causes, skipping a cause whose text the message already includes.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -71,7 +71,14 @@ impl TileBuilder {
             let buffer = &mut pending[usize::from(tile_level)];
             buffer.push(*hash);
             if buffer.len() as u64 == TILE_WIDTH {
-                full_tile(Tile { level: tile_level, index: index / TILE_WIDTH, width: TILE_WIDTH }, buffer);
+                full_tile(
+                    Tile {
+                        level: tile_level,
+                        index: index / TILE_WIDTH,
+                        width: TILE_WIDTH,
+                    },
+                    buffer,
+                );
                 buffer.clear();
             }
         });
@@ -95,7 +102,14 @@ impl TileBuilder {
             .map(|(level, hashes)| {
                 let level = level as u8;
                 let per_tile = TILE_WIDTH.pow(u32::from(level) + 1);
-                (Tile { level, index: size / per_tile, width: hashes.len() as u64 }, hashes.as_slice())
+                (
+                    Tile {
+                        level,
+                        index: size / per_tile,
+                        width: hashes.len() as u64,
+                    },
+                    hashes.as_slice(),
+                )
             })
             .collect()
     }
@@ -120,7 +134,10 @@ pub struct ExportWriter {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io { path: path.to_path_buf(), source }
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_file(dir: &Path, relative: &str, bytes: &[u8]) -> Result<(), ExportError> {
@@ -143,7 +160,12 @@ impl ExportWriter {
         }
         let jsonl_path = dir.join(JSONL_FILE);
         let jsonl = BufWriter::new(fs::File::create(&jsonl_path).map_err(io_err(&jsonl_path))?);
-        Ok(ExportWriter { dir: dir.to_path_buf(), tiles: TileBuilder::default(), bundle: Vec::new(), jsonl })
+        Ok(ExportWriter {
+            dir: dir.to_path_buf(),
+            tiles: TileBuilder::default(),
+            bundle: Vec::new(),
+            jsonl,
+        })
     }
 
     /// Adds a leaf whose entry is not exported (before the start of a range export).
@@ -190,7 +212,11 @@ impl ExportWriter {
         }
         let index = (self.tiles.size() - 1) / TILE_WIDTH;
         let tile = Tile { level: 0, index, width };
-        write_file(&self.dir, &tile.entries_path(), &encode_bundle(self.bundle.iter().map(Vec::as_slice)))?;
+        write_file(
+            &self.dir,
+            &tile.entries_path(),
+            &encode_bundle(self.bundle.iter().map(Vec::as_slice)),
+        )?;
         self.bundle.clear();
         Ok(())
     }

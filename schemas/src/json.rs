@@ -175,9 +175,7 @@ impl Json {
                 Json::Int(n)
             }
             serde_json::Value::String(s) => Json::Str(s.clone()),
-            serde_json::Value::Array(items) => {
-                Json::Arr(items.iter().map(Json::from_serde).collect::<Result<_, _>>()?)
-            }
+            serde_json::Value::Array(items) => Json::Arr(items.iter().map(Json::from_serde).collect::<Result<_, _>>()?),
             serde_json::Value::Object(map) => Json::Obj(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), Json::from_serde(v)?)))
@@ -194,9 +192,9 @@ impl Json {
             Json::Int(n) => serde_json::Value::from(*n),
             Json::Str(s) => serde_json::Value::String(s.clone()),
             Json::Arr(items) => serde_json::Value::Array(items.iter().map(Json::to_serde).collect()),
-            Json::Obj(members) => serde_json::Value::Object(
-                members.iter().map(|(k, v)| (k.clone(), v.to_serde())).collect(),
-            ),
+            Json::Obj(members) => {
+                serde_json::Value::Object(members.iter().map(|(k, v)| (k.clone(), v.to_serde())).collect())
+            }
         }
     }
 }
@@ -238,7 +236,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, reason: JsonErrorReason) -> JsonError {
-        JsonError { offset: self.pos, reason }
+        JsonError {
+            offset: self.pos,
+            reason,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -255,9 +256,7 @@ impl Parser<'_> {
         if self.input[self.pos..].starts_with(literal) {
             self.pos += literal.len();
             Ok(value)
-        } else if self.input.len() - self.pos < literal.len()
-            && literal.starts_with(&self.input[self.pos..])
-        {
+        } else if self.input.len() - self.pos < literal.len() && literal.starts_with(&self.input[self.pos..]) {
             self.pos = self.input.len();
             Err(self.error(JsonErrorReason::UnexpectedEnd))
         } else {
@@ -331,7 +330,10 @@ impl Parser<'_> {
             }
             let key = self.string()?;
             if members.iter().any(|(k, _)| *k == key) {
-                return Err(JsonError { offset: key_offset, reason: JsonErrorReason::DuplicateKey(key) });
+                return Err(JsonError {
+                    offset: key_offset,
+                    reason: JsonErrorReason::DuplicateKey(key),
+                });
             }
             self.skip_whitespace();
             match self.peek() {
@@ -371,7 +373,10 @@ impl Parser<'_> {
             Some(_) => return Err(self.error(JsonErrorReason::InvalidNumber)),
         }
         if let Some(b'.' | b'e' | b'E') = self.peek() {
-            return Err(JsonError { offset: start, reason: JsonErrorReason::NotAnInteger });
+            return Err(JsonError {
+                offset: start,
+                reason: JsonErrorReason::NotAnInteger,
+            });
         }
         if let Some(b'0'..=b'9') = self.peek() {
             // A leading zero followed by more digits.
@@ -379,11 +384,15 @@ impl Parser<'_> {
         }
         let text = std::str::from_utf8(&self.input[start..self.pos])
             .map_err(|_| self.error(JsonErrorReason::InvalidNumber))?;
-        let n: i64 = text
-            .parse()
-            .map_err(|_| JsonError { offset: start, reason: JsonErrorReason::IntegerOutOfRange })?;
+        let n: i64 = text.parse().map_err(|_| JsonError {
+            offset: start,
+            reason: JsonErrorReason::IntegerOutOfRange,
+        })?;
         if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&n) {
-            return Err(JsonError { offset: start, reason: JsonErrorReason::IntegerOutOfRange });
+            return Err(JsonError {
+                offset: start,
+                reason: JsonErrorReason::IntegerOutOfRange,
+            });
         }
         Ok(Json::Int(n))
     }
@@ -395,7 +404,9 @@ impl Parser<'_> {
             .ok_or_else(|| self.error(JsonErrorReason::UnexpectedEnd))?;
         let mut value = 0u32;
         for &d in digits {
-            let nibble = (d as char).to_digit(16).ok_or_else(|| self.error(JsonErrorReason::InvalidEscape))?;
+            let nibble = (d as char)
+                .to_digit(16)
+                .ok_or_else(|| self.error(JsonErrorReason::InvalidEscape))?;
             value = value * 16 + nibble;
         }
         self.pos += 4;
@@ -479,10 +490,16 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_by_utf16_and_drops_whitespace() {
-        assert_eq!(canonical(r#"{ "b": 1, "a": [true, null, "x"] }"#), r#"{"a":[true,null,"x"],"b":1}"#);
+        assert_eq!(
+            canonical(r#"{ "b": 1, "a": [true, null, "x"] }"#),
+            r#"{"a":[true,null,"x"],"b":1}"#
+        );
         // U+1F600 (surrogate pair D83D..) sorts before U+FB01 in UTF-16 order,
         // although it sorts after it in UTF-8 byte order.
-        assert_eq!(canonical("{\"\u{fb01}\":1,\"\u{1f600}\":2}"), "{\"\u{1f600}\":2,\"\u{fb01}\":1}");
+        assert_eq!(
+            canonical("{\"\u{fb01}\":1,\"\u{1f600}\":2}"),
+            "{\"\u{1f600}\":2,\"\u{fb01}\":1}"
+        );
     }
 
     #[test]

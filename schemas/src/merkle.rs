@@ -146,7 +146,10 @@ pub fn range_hash<R: HashReader + ?Sized>(reader: &R, start: u64, end: u64) -> R
         return reader.node(n.trailing_zeros() as u8, start / n);
     }
     let k = split_point(n);
-    Ok(node_hash(&range_hash(reader, start, start + k)?, &range_hash(reader, start + k, end)?))
+    Ok(node_hash(
+        &range_hash(reader, start, start + k)?,
+        &range_hash(reader, start + k, end)?,
+    ))
 }
 
 /// Errors of proof generation.
@@ -164,7 +167,11 @@ pub enum ProveError<E> {
 ///
 /// # Errors
 /// [`ProveError::IndexOutOfRange`] or a read failure.
-pub fn inclusion_proof<R: HashReader + ?Sized>(reader: &R, index: u64, size: u64) -> Result<Vec<Hash>, ProveError<R::Error>> {
+pub fn inclusion_proof<R: HashReader + ?Sized>(
+    reader: &R,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, ProveError<R::Error>> {
     if index >= size {
         return Err(ProveError::IndexOutOfRange { index, size });
     }
@@ -173,7 +180,13 @@ pub fn inclusion_proof<R: HashReader + ?Sized>(reader: &R, index: u64, size: u64
     Ok(proof)
 }
 
-fn path<R: HashReader + ?Sized>(reader: &R, m: u64, start: u64, end: u64, proof: &mut Vec<Hash>) -> Result<(), R::Error> {
+fn path<R: HashReader + ?Sized>(
+    reader: &R,
+    m: u64,
+    start: u64,
+    end: u64,
+    proof: &mut Vec<Hash>,
+) -> Result<(), R::Error> {
     let n = end - start;
     if n <= 1 {
         return Ok(());
@@ -193,7 +206,11 @@ fn path<R: HashReader + ?Sized>(reader: &R, m: u64, start: u64, end: u64, proof:
 ///
 /// # Errors
 /// [`ProveError::BadSizes`] unless `0 < old <= new`, or a read failure.
-pub fn consistency_proof<R: HashReader + ?Sized>(reader: &R, old: u64, new: u64) -> Result<Vec<Hash>, ProveError<R::Error>> {
+pub fn consistency_proof<R: HashReader + ?Sized>(
+    reader: &R,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, ProveError<R::Error>> {
     if old == 0 || old > new {
         return Err(ProveError::BadSizes { old, new });
     }
@@ -289,7 +306,13 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 ///
 /// # Errors
 /// [`ProofError`] when the proof is malformed or inconsistent with the roots.
-pub fn verify_consistency(old: u64, new: u64, old_root: &[u8], new_root: &[u8], proof: &[Hash]) -> Result<(), ProofError> {
+pub fn verify_consistency(
+    old: u64,
+    new: u64,
+    old_root: &[u8],
+    new_root: &[u8],
+    proof: &[Hash],
+) -> Result<(), ProofError> {
     if old > new {
         return Err(ProofError::SizesReversed { old, new });
     }

@@ -160,7 +160,11 @@ impl VerifierKey {
         if key.is_weak() {
             return Err(NoteError::WeakKey);
         }
-        Ok(VerifierKey { name: name.to_string(), key_id: key_id(name, key.as_bytes()), key })
+        Ok(VerifierKey {
+            name: name.to_string(),
+            key_id: key_id(name, key.as_bytes()),
+            key,
+        })
     }
 
     /// Parses `<name>+<hex key ID>+<base64(0x01 || public key)>`.
@@ -169,18 +173,22 @@ impl VerifierKey {
     /// [`NoteError::MalformedKey`] when the string is not of that form or the
     /// key ID does not match the key; [`NoteError::WeakKey`] for a weak key.
     pub fn parse(s: &str) -> Result<Self, NoteError> {
-        let s = s.trim();
-        let mut parts = s.rsplitn(3, '+');
-        let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // Names cannot contain '+', but base64 keys can: split from the left.
+        let mut parts = s.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::MalformedKey("expected <name>+<key id>+<key>"));
         };
         if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             return Err(NoteError::MalformedKey("key id must be 8 lowercase hex digits"));
         }
         let id = u32::from_str_radix(id, 16).map_err(|_| NoteError::MalformedKey("key id is not hex"))?;
-        let raw = B64.decode(key).map_err(|_| NoteError::MalformedKey("key is not base64"))?;
+        let raw = B64
+            .decode(key)
+            .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
         if raw.len() != 33 || raw[0] != ALG_ED25519 {
-            return Err(NoteError::MalformedKey("key is not an Ed25519 (type 0x01) key of 32 bytes"));
+            return Err(NoteError::MalformedKey(
+                "key is not an Ed25519 (type 0x01) key of 32 bytes",
+            ));
         }
         let bytes: [u8; 32] = raw[1..].try_into().map_err(|_| NoteError::MalformedKey("key length"))?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| NoteError::MalformedKey("not a valid Ed25519 point"))?;
@@ -212,7 +220,9 @@ impl VerifierKey {
     /// encodings and no small-order components).
     pub fn verify(&self, text: &[u8], signature: &NoteSignature) -> bool {
         self.matches(signature)
-            && signature.ed25519().is_some_and(|sig| self.key.verify_strict(text, &sig).is_ok())
+            && signature
+                .ed25519()
+                .is_some_and(|sig| self.key.verify_strict(text, &sig).is_ok())
     }
 }
 
@@ -234,7 +244,9 @@ pub struct SignerKey {
 impl std::fmt::Debug for SignerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private key.
-        f.debug_struct("SignerKey").field("verifier", &self.verifier.to_string()).finish()
+        f.debug_struct("SignerKey")
+            .field("verifier", &self.verifier.to_string())
+            .finish()
     }
 }
 
@@ -247,7 +259,11 @@ impl SignerKey {
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Self, NoteError> {
         let key = SigningKey::from_bytes(seed);
         let verifier = VerifierKey::new(name, key.verifying_key())?;
-        Ok(SignerKey { name: name.to_string(), key, verifier })
+        Ok(SignerKey {
+            name: name.to_string(),
+            key,
+            verifier,
+        })
     }
 
     /// A new random key from the operating system's generator.
@@ -270,14 +286,21 @@ impl SignerKey {
             .trim()
             .strip_prefix("PRIVATE+KEY+")
             .ok_or(NoteError::MalformedKey("expected PRIVATE+KEY+<name>+<key id>+<key>"))?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::MalformedKey("expected PRIVATE+KEY+<name>+<key id>+<key>"));
         };
+        if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err(NoteError::MalformedKey("key id must be 8 lowercase hex digits"));
+        }
         let id = u32::from_str_radix(id, 16).map_err(|_| NoteError::MalformedKey("key id is not hex"))?;
-        let raw = B64.decode(key).map_err(|_| NoteError::MalformedKey("key is not base64"))?;
+        let raw = B64
+            .decode(key)
+            .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
         if raw.len() != 33 || raw[0] != ALG_ED25519 {
-            return Err(NoteError::MalformedKey("key is not an Ed25519 (type 0x01) seed of 32 bytes"));
+            return Err(NoteError::MalformedKey(
+                "key is not an Ed25519 (type 0x01) seed of 32 bytes",
+            ));
         }
         let seed: [u8; 32] = raw[1..].try_into().map_err(|_| NoteError::MalformedKey("key length"))?;
         let signer = Self::from_seed(name, &seed)?;
@@ -291,7 +314,12 @@ impl SignerKey {
     pub fn to_private_string(&self) -> String {
         let mut raw = vec![ALG_ED25519];
         raw.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.verifier.key_id, B64.encode(raw))
+        format!(
+            "PRIVATE+KEY+{}+{:08x}+{}",
+            self.name,
+            self.verifier.key_id,
+            B64.encode(raw)
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -366,6 +394,23 @@ mod tests {
         assert_eq!(VerifierKey::parse(&vkey).unwrap(), *signer.verifier());
         let wrong_id = vkey.replacen(&format!("{:08x}", signer.verifier().key_id()), "00000000", 1);
         assert!(VerifierKey::parse(&wrong_id).is_err());
+    }
+
+    #[test]
+    fn keys_whose_base64_contains_plus_signs_parse() {
+        // Regression: splitting from the right broke on '+' inside the base64 key.
+        let with_plus = (0u8..=255)
+            .map(|i| SignerKey::from_seed("example.com/log", &[i; 32]).unwrap())
+            .find(|k| k.to_private_string().rsplit('+').next().is_some_and(|b| b.len() < 40))
+            .expect("some seed gives a key whose base64 has a '+'");
+        assert_eq!(
+            SignerKey::parse(&with_plus.to_private_string()).unwrap().verifier(),
+            with_plus.verifier()
+        );
+        assert_eq!(
+            VerifierKey::parse(&with_plus.verifier().to_string()).unwrap(),
+            *with_plus.verifier()
+        );
     }
 
     #[test]

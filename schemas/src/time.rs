@@ -22,7 +22,9 @@ impl Timestamp {
 
     pub fn from_unix_micros(micros: i64) -> Option<Timestamp> {
         // Years 1970..=9999 keep the four-digit year of the fixed format.
-        (0..=253_402_300_799_999_999).contains(&micros).then_some(Timestamp(micros))
+        (0..=253_402_300_799_999_999)
+            .contains(&micros)
+            .then_some(Timestamp(micros))
     }
 
     pub fn unix_micros(self) -> i64 {
@@ -45,7 +47,15 @@ impl Timestamp {
     pub fn parse(s: &str) -> Result<Timestamp, TimestampError> {
         let err = || TimestampError(s.to_string());
         let b = s.as_bytes();
-        if b.len() != 27 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[26] != b'Z' {
+        if b.len() != 27
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[26] != b'Z'
+        {
             return Err(err());
         }
         let num = |range: std::ops::Range<usize>| -> Result<i64, TimestampError> {
@@ -57,11 +67,20 @@ impl Timestamp {
         };
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, minute, second, micro) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
-        if year < 1970 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
+        if year < 1970
+            || !(1..=12).contains(&month)
+            || day < 1
+            || day > days_in_month(year, month)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
             return Err(err());
         }
         let days = days_from_civil(year, month, day);
-        Ok(Timestamp((days * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micro))
+        Ok(Timestamp(
+            (days * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micro,
+        ))
     }
 }
 
@@ -129,7 +148,10 @@ mod tests {
         assert_eq!(t.unix_micros(), 1_795_837_480_123_456);
         assert_eq!(t.to_string(), "2026-11-28T03:44:40.123456Z");
         assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(Timestamp::parse("2024-02-29T23:59:59.999999Z").unwrap().to_string(), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp::parse("2024-02-29T23:59:59.999999Z").unwrap().to_string(),
+            "2024-02-29T23:59:59.999999Z"
+        );
     }
 
     #[test]

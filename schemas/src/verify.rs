@@ -93,7 +93,12 @@ pub struct Failure {
 }
 
 fn fail<T>(check: Check, seq: Option<u64>, path: Option<&str>, reason: impl Into<String>) -> Result<T, Failure> {
-    Err(Failure { check, seq, path: path.map(str::to_string), reason: reason.into() })
+    Err(Failure {
+        check,
+        seq,
+        path: path.map(str::to_string),
+        reason: reason.into(),
+    })
 }
 
 /// What a successful verification established.
@@ -160,8 +165,16 @@ fn read_bundle(dir: &Path, tile: Tile, candidates: &RwLock<Vec<VerifierKey>>) ->
                     }
                 }
             }
-            let signature_ok = parsed.as_ref().map(|p| vec![None; p.signatures.len()]).unwrap_or_default();
-            WorkedEntry { leaf: leaf_hash(entry), parsed, signature_ok, entry: entry.to_vec() }
+            let signature_ok = parsed
+                .as_ref()
+                .map(|p| vec![None; p.signatures.len()])
+                .unwrap_or_default();
+            WorkedEntry {
+                leaf: leaf_hash(entry),
+                parsed,
+                signature_ok,
+                entry: entry.to_vec(),
+            }
         })
         .collect();
     batch_verify(&mut worked, &candidates.read().unwrap_or_else(|e| e.into_inner()));
@@ -178,7 +191,9 @@ fn batch_verify(worked: &mut [WorkedEntry], keys: &[VerifierKey]) {
     for (i, w) in worked.iter().enumerate() {
         let Ok(parsed) = &w.parsed else { continue };
         for (j, signature) in parsed.signatures.iter().enumerate() {
-            let Some(key) = keys.iter().find(|k| k.matches(signature)) else { continue };
+            let Some(key) = keys.iter().find(|k| k.matches(signature)) else {
+                continue;
+            };
             let Some(sig) = signature.ed25519() else { continue };
             messages.push(&w.entry[..parsed.text_len]);
             signatures.push(sig);
@@ -239,39 +254,93 @@ impl Walk<'_> {
         };
         let event = &parsed.event;
         if event.seq != seq {
-            return fail(Check::Sequence, Some(seq), None, format!("entry says seq {}, but it is at position {seq}", event.seq));
+            return fail(
+                Check::Sequence,
+                Some(seq),
+                None,
+                format!("entry says seq {}, but it is at position {seq}", event.seq),
+            );
         }
         if event.log != self.origin {
-            return fail(Check::Origin, Some(seq), None, format!("entry belongs to log {:?}, not {:?}", event.log, self.origin));
+            return fail(
+                Check::Origin,
+                Some(seq),
+                None,
+                format!("entry belongs to log {:?}, not {:?}", event.log, self.origin),
+            );
         }
         if event.prev != self.prev {
-            return fail(Check::PrevHash, Some(seq), None, "prev is not the leaf hash of the previous entry");
+            return fail(
+                Check::PrevHash,
+                Some(seq),
+                None,
+                "prev is not the leaf hash of the previous entry",
+            );
         }
         if self.last_ts.is_some_and(|last| event.ts < last) {
-            return fail(Check::Timestamp, Some(seq), None, format!("timestamp {} is earlier than the previous entry's", event.ts));
+            return fail(
+                Check::Timestamp,
+                Some(seq),
+                None,
+                format!("timestamp {} is earlier than the previous entry's", event.ts),
+            );
         }
         if !self.ids.insert(event.draft.id.0) {
-            return fail(Check::DuplicateId, Some(seq), None, format!("event id {} was used by an earlier entry", event.draft.id));
+            return fail(
+                Check::DuplicateId,
+                Some(seq),
+                None,
+                format!("event id {} was used by an earlier entry", event.draft.id),
+            );
         }
         let text = &worked.entry[..parsed.text_len];
         let current = match &self.current_key {
             Some(key) => key.clone(),
             None => {
                 // The first present entry: its key must be pinned for this seq.
-                let Some(key) = self.keys.candidates(seq).find(|k| k.matches(&parsed.signatures[0])).cloned() else {
-                    return fail(Check::KeyNotInForce, Some(seq), None, "not signed by a key pinned for this sequence number");
+                let Some(key) = self
+                    .keys
+                    .candidates(seq)
+                    .find(|k| k.matches(&parsed.signatures[0]))
+                    .cloned()
+                else {
+                    return fail(
+                        Check::KeyNotInForce,
+                        Some(seq),
+                        None,
+                        "not signed by a key pinned for this sequence number",
+                    );
                 };
                 self.key_history.push((key.clone(), seq));
                 self.current_key = Some(key.clone());
                 key
             }
         };
-        check_signature(&current, text, &parsed, 0, worked.signature_ok.first().copied().flatten(), seq)?;
+        check_signature(
+            &current,
+            text,
+            &parsed,
+            0,
+            worked.signature_ok.first().copied().flatten(),
+            seq,
+        )?;
         if !self.keys.permits(&current, seq) {
-            return fail(Check::KeyNotInForce, Some(seq), None, format!("key {current} is pinned for other sequence numbers"));
+            return fail(
+                Check::KeyNotInForce,
+                Some(seq),
+                None,
+                format!("key {current} is pinned for other sequence numbers"),
+            );
         }
         if let Some(new_key) = &parsed.new_key {
-            check_signature(new_key, text, &parsed, 1, worked.signature_ok.get(1).copied().flatten(), seq)?;
+            check_signature(
+                new_key,
+                text,
+                &parsed,
+                1,
+                worked.signature_ok.get(1).copied().flatten(),
+                seq,
+            )?;
             self.key_history.push((new_key.clone(), seq + 1));
             self.current_key = Some(new_key.clone());
         }
@@ -279,7 +348,14 @@ impl Walk<'_> {
             let expected = jsonl_line(&parsed, &worked.leaf);
             match lines.next() {
                 Some(Ok(line)) if line == expected => {}
-                Some(Ok(_)) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line does not match the entry"),
+                Some(Ok(_)) => {
+                    return fail(
+                        Check::Jsonl,
+                        Some(seq),
+                        Some(JSONL_FILE),
+                        "line does not match the entry",
+                    );
+                }
                 _ => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line missing"),
             }
         }
@@ -293,7 +369,14 @@ impl Walk<'_> {
     }
 }
 
-fn check_signature(key: &VerifierKey, text: &[u8], parsed: &ParsedEntry, line: usize, precomputed: Option<bool>, seq: u64) -> Result<(), Failure> {
+fn check_signature(
+    key: &VerifierKey,
+    text: &[u8],
+    parsed: &ParsedEntry,
+    line: usize,
+    precomputed: Option<bool>,
+    seq: u64,
+) -> Result<(), Failure> {
     let signature = &parsed.signatures[line];
     if !key.matches(signature) {
         let what = if line == 0 { "the key in force" } else { "the new key" };
@@ -301,12 +384,22 @@ fn check_signature(key: &VerifierKey, text: &[u8], parsed: &ParsedEntry, line: u
             Check::Signature,
             Some(seq),
             None,
-            format!("signature line {} is by {}+{:08x}, not by {what} {key}", line + 1, signature.name, signature.key_id),
+            format!(
+                "signature line {} is by {}+{:08x}, not by {what} {key}",
+                line + 1,
+                signature.name,
+                signature.key_id
+            ),
         );
     }
     let ok = precomputed.unwrap_or_else(|| key.verify(text, signature));
     if !ok {
-        return fail(Check::Signature, Some(seq), None, format!("signature by {key} does not verify"));
+        return fail(
+            Check::Signature,
+            Some(seq),
+            None,
+            format!("signature by {key} does not verify"),
+        );
     }
     Ok(())
 }
@@ -315,7 +408,12 @@ fn compare_tile(dir: &Path, tile: Tile, hashes: &[Hash]) -> Result<(), Failure> 
     let path = tile.path();
     match fs::read(dir.join(&path)) {
         Ok(bytes) if bytes == hashes.concat() => Ok(()),
-        Ok(_) => fail(Check::Tile, None, Some(&path), "tile does not match the hashes recomputed from the entries"),
+        Ok(_) => fail(
+            Check::Tile,
+            None,
+            Some(&path),
+            "tile does not match the hashes recomputed from the entries",
+        ),
         Err(e) => fail(Check::Layout, None, Some(&path), format!("cannot read tile: {e}")),
     }
 }
@@ -337,7 +435,13 @@ fn list_files(dir: &Path) -> Result<Vec<String>, Failure> {
                 stack.push(path);
             } else {
                 let relative = path.strip_prefix(dir).unwrap_or(&path);
-                files.push(relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+                files.push(
+                    relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
             }
         }
     }
@@ -352,21 +456,39 @@ fn list_files(dir: &Path) -> Result<Vec<String>, Failure> {
 pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failure> {
     let checkpoint_bytes = fs::read(dir.join(CHECKPOINT_FILE))
         .or_else(|e| fail(Check::Layout, None, Some(CHECKPOINT_FILE), format!("cannot read: {e}")))?;
-    let signed = SignedCheckpoint::parse(&checkpoint_bytes).or_else(|e| fail(Check::Checkpoint, None, Some(CHECKPOINT_FILE), e.to_string()))?;
+    let signed = SignedCheckpoint::parse(&checkpoint_bytes)
+        .or_else(|e| fail(Check::Checkpoint, None, Some(CHECKPOINT_FILE), e.to_string()))?;
     let checkpoint = signed.checkpoint.clone();
     let size = checkpoint.size;
 
     let anchor = match &options.anchor {
         Some(bytes) => {
-            let anchor = SignedCheckpoint::parse(bytes).or_else(|e| fail(Check::Anchor, None, Some("anchor"), e.to_string()))?;
+            let anchor =
+                SignedCheckpoint::parse(bytes).or_else(|e| fail(Check::Anchor, None, Some("anchor"), e.to_string()))?;
             if anchor.checkpoint.origin != checkpoint.origin {
-                return fail(Check::Anchor, None, Some("anchor"), format!("anchor is for log {:?}, not {:?}", anchor.checkpoint.origin, checkpoint.origin));
+                return fail(
+                    Check::Anchor,
+                    None,
+                    Some("anchor"),
+                    format!(
+                        "anchor is for log {:?}, not {:?}",
+                        anchor.checkpoint.origin, checkpoint.origin
+                    ),
+                );
             }
             if anchor.checkpoint.size > size {
                 // The anchor's signature is checked below only when its size is covered.
-                let key_ok = options.keys.candidates(anchor.checkpoint.size).any(|k| anchor.verify(k).is_ok());
+                let key_ok = options
+                    .keys
+                    .candidates(anchor.checkpoint.size)
+                    .any(|k| anchor.verify(k).is_ok());
                 if !key_ok {
-                    return fail(Check::Anchor, None, Some("anchor"), "anchor is not signed by a pinned key");
+                    return fail(
+                        Check::Anchor,
+                        None,
+                        Some("anchor"),
+                        "anchor is not signed by a pinned key",
+                    );
                 }
                 return fail(
                     Check::Truncation,
@@ -396,7 +518,10 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
             return fail(Check::Layout, None, Some(&tile.path()), "hash tile is missing");
         }
     }
-    let first_bundle = bundles.iter().position(|b| present_set.contains(b.entries_path().as_str())).unwrap_or(bundles.len());
+    let first_bundle = bundles
+        .iter()
+        .position(|b| present_set.contains(b.entries_path().as_str()))
+        .unwrap_or(bundles.len());
     if first_bundle > 0 && !options.allow_partial {
         let missing = bundles[0];
         return fail(
@@ -409,7 +534,12 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     for bundle in &bundles[first_bundle..] {
         let path = bundle.entries_path();
         if !present_set.contains(path.as_str()) {
-            return fail(Check::EntryMissing, Some(bundle.index * TILE_WIDTH), Some(&path), "entry bundle is missing");
+            return fail(
+                Check::EntryMissing,
+                Some(bundle.index * TILE_WIDTH),
+                Some(&path),
+                "entry bundle is missing",
+            );
         }
         expected.insert(path);
     }
@@ -452,7 +582,8 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     // Leaves before a range export's first bundle come from the level-0 tiles.
     for bundle in &bundles[..first_bundle] {
         let path = bundle.path();
-        let bytes = fs::read(dir.join(&path)).or_else(|e| fail(Check::Layout, None, Some(&path), format!("cannot read tile: {e}")))?;
+        let bytes = fs::read(dir.join(&path))
+            .or_else(|e| fail(Check::Layout, None, Some(&path), format!("cannot read tile: {e}")))?;
         if bytes.len() as u64 != bundle.width * 32 {
             return fail(Check::Tile, None, Some(&path), "tile has the wrong length");
         }
@@ -462,7 +593,9 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     }
 
     // 2-4. The entries, parsed and signature-checked in parallel, checked in order.
-    let candidates = Arc::new(RwLock::new(options.keys.keys.iter().map(|p| p.key.clone()).collect::<Vec<_>>()));
+    let candidates = Arc::new(RwLock::new(
+        options.keys.keys.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+    ));
     let work: Vec<Tile> = bundles[first_bundle..].to_vec();
     let threads = options.threads.max(1);
     let window = threads * 4;
@@ -525,7 +658,12 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
         compare_tile(dir, tile, hashes)?;
     }
     if walk.tiles.root() != checkpoint.root {
-        return fail(Check::Root, None, Some(CHECKPOINT_FILE), "the root recomputed from the entries differs from the checkpoint's");
+        return fail(
+            Check::Root,
+            None,
+            Some(CHECKPOINT_FILE),
+            "the root recomputed from the entries differs from the checkpoint's",
+        );
     }
     if let Some(lines) = &mut walk.jsonl {
         if lines.next().is_some() {
@@ -535,14 +673,23 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
 
     // 6. The checkpoint's signature, by the key in force at its size.
     let key_at = |n: u64| -> Option<&VerifierKey> {
-        walk.key_history.iter().rev().find(|(_, from)| *from <= n).map(|(k, _)| k)
+        walk.key_history
+            .iter()
+            .rev()
+            .find(|(_, from)| *from <= n)
+            .map(|(k, _)| k)
     };
     let checkpoint_key_ok = match key_at(size) {
         Some(key) => signed.verify(key).is_ok() && options.keys.permits(key, size),
         None => options.keys.candidates(size).any(|k| signed.verify(k).is_ok()),
     };
     if !checkpoint_key_ok {
-        return fail(Check::CheckpointSignature, None, Some(CHECKPOINT_FILE), "not signed by the key in force at its size");
+        return fail(
+            Check::CheckpointSignature,
+            None,
+            Some(CHECKPOINT_FILE),
+            "not signed by the key in force at its size",
+        );
     }
 
     // 7. The anchor: same tree at its size.
@@ -553,14 +700,21 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
             None => options.keys.candidates(anchor_size).any(|k| anchor.verify(k).is_ok()),
         };
         if !key_ok {
-            return fail(Check::Anchor, None, Some("anchor"), "anchor is not signed by the key in force at its size");
+            return fail(
+                Check::Anchor,
+                None,
+                Some("anchor"),
+                "anchor is not signed by the key in force at its size",
+            );
         }
         if walk.root_at_anchor != Some(anchor.checkpoint.root) {
             return fail(
                 Check::Fork,
                 Some(anchor_size.saturating_sub(1)),
                 Some("anchor"),
-                format!("the log signed two inconsistent checkpoints: the tree of size {anchor_size} in this export has a different root than the pinned checkpoint"),
+                format!(
+                    "the log signed two inconsistent checkpoints: the tree of size {anchor_size} in this export has a different root than the pinned checkpoint"
+                ),
             );
         }
     }
@@ -569,7 +723,11 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
         checkpoint,
         first_entry: first_bundle as u64 * TILE_WIDTH,
         entries_verified: walk.verified,
-        keys: walk.key_history.iter().map(|(k, from)| (k.to_string(), *from)).collect(),
+        keys: walk
+            .key_history
+            .iter()
+            .map(|(k, from)| (k.to_string(), *from))
+            .collect(),
         first_ts: walk.first_ts.clone(),
         last_ts: walk.last_ts.map(|t| t.to_string()),
         anchor_size: anchor.map(|a| a.checkpoint.size),
@@ -580,7 +738,9 @@ fn check_bundle(walk: &mut Walk<'_>, tile: Tile, result: BundleResult) -> Result
     let start = tile.index * TILE_WIDTH;
     let entries = match result {
         BundleResult::Entries(entries) => entries,
-        BundleResult::Unreadable(reason) => return fail(Check::EntrySyntax, Some(start), Some(&tile.entries_path()), reason),
+        BundleResult::Unreadable(reason) => {
+            return fail(Check::EntrySyntax, Some(start), Some(&tile.entries_path()), reason);
+        }
     };
     if entries.len() as u64 != tile.width {
         let seq = start + (entries.len() as u64).min(tile.width);

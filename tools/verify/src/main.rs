@@ -1,1 +1,7 @@
-fn main() {}
+//! `portcullis-verify`: the auditor's offline verifier. See the library docs.
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = portcullis_verify::run(&args, &mut std::io::stdout(), &mut std::io::stderr());
+    std::process::exit(code);
+}

@@ -1,0 +1,532 @@
+//! The ledger sequencer: the only code that assigns `seq`, `prev` and `ts`,
+//! signs entries and checkpoints, and appends to the store.
+//!
+//! One OS thread owns the signing key and the tree's right edge. Callers send
+//! requests on a channel; the thread drains everything queued (up to
+//! `max_batch` events), signs it in order, and appends it to the store in one
+//! transaction: one fsync for the whole group (group commit). Receipts are
+//! sent only after the commit returns, so an acknowledged event is durable.
+//!
+//! **Architecture Invariant:** nothing else signs or appends. If an append
+//! fails, the thread reloads its state from the store before the next batch,
+//! so it never signs on top of an entry that was not stored.
+
+mod open;
+
+use crate::store::{AppendBatch, Store, StoreError};
+use portcullis_format::checkpoint::Checkpoint;
+use portcullis_format::event::{Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED};
+use portcullis_format::json::Json;
+use portcullis_format::merkle::{Frontier, Hash, leaf_hash};
+use portcullis_format::note::SignerKey;
+use portcullis_format::time::Timestamp;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use open::TailCheckError;
+
+/// How many entries the start-up check re-verifies at the tail.
+pub const TAIL_CHECK_ENTRIES: u64 = 1024;
+
+/// Settings of the sequencer.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Most events signed and committed together.
+    pub max_batch: usize,
+    /// Requests that may wait in the queue before senders are slowed down.
+    pub queue_depth: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            max_batch: 4096,
+            queue_depth: 65_536,
+        }
+    }
+}
+
+/// Proof that an event was appended durably.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    pub id: EventId,
+    pub leaf_hash: Hash,
+    pub ts: Timestamp,
+}
+
+/// The durable head of the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// A rejected command and a failed store are different things all the way to the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("event rejected: {0}")]
+    Rejected(#[from] EntryError),
+    #[error("the ledger store failed: {0}")]
+    Store(String),
+    #[error("the ledger is shutting down")]
+    Closed,
+}
+
+impl From<StoreError> for AppendError {
+    fn from(e: StoreError) -> Self {
+        AppendError::Store(e.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    TailCheck(#[from] TailCheckError),
+    #[error("the ledger is shutting down")]
+    Closed,
+    #[error("the sequencer thread could not start: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Request {
+    Append {
+        drafts: Vec<EventDraft>,
+        respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>>,
+    },
+    Checkpoint {
+        respond: oneshot::Sender<Result<(u64, String), LedgerError>>,
+    },
+    Rotate {
+        new_key: Box<SignerKey>,
+        actor: Actor,
+        respond: oneshot::Sender<Result<Receipt, AppendError>>,
+    },
+    Shutdown,
+}
+
+/// A handle to the ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    requests: mpsc::Sender<Request>,
+    head: watch::Receiver<Head>,
+    store: Arc<dyn Store>,
+    origin: String,
+}
+
+/// The sequencer thread, to be joined at shutdown.
+pub struct SequencerThread(std::thread::JoinHandle<()>);
+
+impl SequencerThread {
+    /// Waits until every request queued before shutdown has been committed.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Ledger {
+    /// Opens the ledger on `store` with `signer`: checks the tail (chain,
+    /// signatures, tree, latest checkpoint), creates the first entry of an
+    /// empty ledger, and starts the sequencer thread.
+    ///
+    /// # Errors
+    /// [`LedgerError::TailCheck`] naming the entry and the reason when the
+    /// stored ledger does not verify or the key is not the one in force;
+    /// [`LedgerError::Store`] when the store fails.
+    pub fn open(
+        store: Arc<dyn Store>,
+        signer: SignerKey,
+        config: LedgerConfig,
+    ) -> Result<(Ledger, SequencerThread), LedgerError> {
+        let state = open::check_and_load(store.as_ref(), &signer)?;
+        let origin = signer.name().to_string();
+        let (head_tx, head_rx) = watch::channel(Head {
+            size: state.frontier.size(),
+            root: state.frontier.root(),
+        });
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let mut sequencer = Sequencer {
+            store: Arc::clone(&store),
+            signer,
+            state,
+            head: head_tx,
+            config,
+        };
+        if sequencer.state.frontier.size() == 0 {
+            sequencer
+                .create_ledger()
+                .map_err(|e| LedgerError::Store(StoreError::Corrupt(format!("creating the ledger: {e}"))))?;
+        }
+        let thread = std::thread::Builder::new()
+            .name("portcullis-sequencer".into())
+            .spawn(move || sequencer.run(rx))
+            .map_err(LedgerError::Thread)?;
+        Ok((
+            Ledger {
+                requests: tx,
+                head: head_rx,
+                store,
+                origin,
+            },
+            SequencerThread(thread),
+        ))
+    }
+
+    /// Appends one event and waits until it is durable.
+    ///
+    /// # Errors
+    /// [`AppendError`]: rejected (bad event), store failure, or shutdown.
+    pub async fn append(&self, draft: EventDraft) -> Result<Receipt, AppendError> {
+        let mut receipts = self.append_all(vec![draft]).await?;
+        receipts.pop().ok_or(AppendError::Closed)
+    }
+
+    /// Appends events contiguously and atomically (all or none), in order.
+    ///
+    /// # Errors
+    /// As [`Ledger::append`].
+    pub async fn append_all(&self, drafts: Vec<EventDraft>) -> Result<Vec<Receipt>, AppendError> {
+        let (respond, receive) = oneshot::channel();
+        self.requests
+            .send(Request::Append { drafts, respond })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        receive.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Signs (or returns) the checkpoint of the current durable size.
+    ///
+    /// # Errors
+    /// [`LedgerError`] when the store fails or the ledger is closed.
+    pub async fn checkpoint(&self) -> Result<(u64, String), LedgerError> {
+        let (respond, receive) = oneshot::channel();
+        self.requests
+            .send(Request::Checkpoint { respond })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        receive.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Rotates the signing key: appends a `key.rotated` entry signed by the
+    /// current and the new key, then signs with the new key. The caller must
+    /// have stored the new private key durably first.
+    ///
+    /// # Errors
+    /// As [`Ledger::append`].
+    pub async fn rotate_key(&self, new_key: SignerKey, actor: Actor) -> Result<Receipt, AppendError> {
+        let (respond, receive) = oneshot::channel();
+        let request = Request::Rotate {
+            new_key: Box::new(new_key),
+            actor,
+            respond,
+        };
+        self.requests.send(request).await.map_err(|_| AppendError::Closed)?;
+        receive.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Asks the sequencer to finish what is queued and stop. Requests sent
+    /// after this fail with `Closed`.
+    pub async fn close(&self) {
+        let _ = self.requests.send(Request::Shutdown).await;
+    }
+
+    /// The durable head, updated after every commit.
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever the head moves.
+    pub fn watch_head(&self) -> watch::Receiver<Head> {
+        self.head.clone()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Signs a checkpoint every `interval` while the ledger grows. Runs until the ledger closes.
+    pub async fn run_checkpointer(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_size = None;
+        loop {
+            ticker.tick().await;
+            let size = self.head().size;
+            if last_size == Some(size) {
+                continue;
+            }
+            match self.checkpoint().await {
+                Ok((size, _)) => last_size = Some(size),
+                Err(LedgerError::Closed) => return,
+                Err(e) => tracing::warn!("checkpoint failed: {e}"),
+            }
+        }
+    }
+}
+
+/// What the sequencer knows of the durable ledger.
+#[derive(Clone, Debug)]
+pub(crate) struct State {
+    pub frontier: Frontier,
+    pub prev: Hash,
+    pub last_ts: Timestamp,
+    pub checkpoint_size: Option<u64>,
+}
+
+struct Sequencer {
+    store: Arc<dyn Store>,
+    signer: SignerKey,
+    state: State,
+    head: watch::Sender<Head>,
+    config: LedgerConfig,
+}
+
+/// Entries signed but not yet committed.
+struct Pending {
+    batch: AppendBatch,
+    state: State,
+    responders: Vec<(oneshot::Sender<Result<Vec<Receipt>, AppendError>>, Vec<Receipt>)>,
+}
+
+impl Sequencer {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = rx.blocking_recv() else { break };
+            let mut requests = vec![first];
+            let mut events = 0usize;
+            while events < self.config.max_batch {
+                match rx.try_recv() {
+                    Ok(request) => {
+                        if let Request::Append { drafts, .. } = &request {
+                            events += drafts.len();
+                        }
+                        requests.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut pending = self.start_batch();
+            for request in requests {
+                match request {
+                    Request::Append { drafts, respond } => self.sign_into(&mut pending, drafts, respond),
+                    Request::Checkpoint { respond } => {
+                        pending = self.commit(pending);
+                        let _ = respond.send(self.sign_checkpoint());
+                    }
+                    Request::Rotate {
+                        new_key,
+                        actor,
+                        respond,
+                    } => {
+                        pending = self.commit(pending);
+                        let _ = respond.send(self.rotate(*new_key, actor));
+                    }
+                    Request::Shutdown => stopping = true,
+                }
+            }
+            self.commit(pending);
+        }
+        // Refuse what arrives from now on, then leave a checkpoint of the final state.
+        rx.close();
+        while let Ok(request) = rx.try_recv() {
+            if let Request::Append { respond, .. } = request {
+                let _ = respond.send(Err(AppendError::Closed));
+            }
+        }
+        if let Err(e) = self.sign_checkpoint() {
+            tracing::warn!("final checkpoint failed: {e}");
+        }
+    }
+
+    fn start_batch(&self) -> Pending {
+        Pending {
+            batch: AppendBatch {
+                expected_size: self.state.frontier.size(),
+                ..AppendBatch::default()
+            },
+            state: self.state.clone(),
+            responders: Vec::new(),
+        }
+    }
+
+    /// Signs one request's events into the pending batch, all or none.
+    fn sign_into(
+        &self,
+        pending: &mut Pending,
+        drafts: Vec<EventDraft>,
+        respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>>,
+    ) {
+        let saved = (
+            pending.state.clone(),
+            pending.batch.entries.len(),
+            pending.batch.nodes.len(),
+        );
+        let mut receipts = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            match self.sign_one(pending, draft, &[&self.signer]) {
+                Ok(receipt) => receipts.push(receipt),
+                Err(e) => {
+                    pending.state = saved.0;
+                    pending.batch.entries.truncate(saved.1);
+                    pending.batch.nodes.truncate(saved.2);
+                    let _ = respond.send(Err(AppendError::Rejected(e)));
+                    return;
+                }
+            }
+        }
+        pending.responders.push((respond, receipts));
+    }
+
+    fn sign_one(
+        &self,
+        pending: &mut Pending,
+        draft: EventDraft,
+        signers: &[&SignerKey],
+    ) -> Result<Receipt, EntryError> {
+        let state = &mut pending.state;
+        let ts = Timestamp::now().max(state.last_ts);
+        let event = Event {
+            log: self.signer.name().to_string(),
+            seq: state.frontier.size(),
+            prev: state.prev,
+            ts,
+            draft,
+        };
+        let entry = event.sign(signers)?;
+        let leaf = leaf_hash(&entry);
+        let nodes = &mut pending.batch.nodes;
+        state
+            .frontier
+            .push(leaf, |level, index, hash| nodes.push((level, index, *hash)));
+        state.prev = leaf;
+        state.last_ts = ts;
+        pending.batch.entries.push(entry);
+        Ok(Receipt {
+            seq: event.seq,
+            id: event.draft.id,
+            leaf_hash: leaf,
+            ts,
+        })
+    }
+
+    /// Commits the pending batch, answers its senders, and returns a fresh batch.
+    fn commit(&mut self, pending: Pending) -> Pending {
+        if pending.batch.entries.is_empty() {
+            return self.start_batch();
+        }
+        match self.store.append(&pending.batch) {
+            Ok(()) => {
+                self.state = pending.state;
+                self.publish_head();
+                for (respond, receipts) in pending.responders {
+                    let _ = respond.send(Ok(receipts));
+                }
+            }
+            Err(e) => {
+                tracing::error!("append of {} entries failed: {e}", pending.batch.entries.len());
+                let message = e.to_string();
+                for (respond, _) in pending.responders {
+                    let _ = respond.send(Err(AppendError::Store(message.clone())));
+                }
+                self.reload();
+            }
+        }
+        self.start_batch()
+    }
+
+    fn publish_head(&self) {
+        let head = Head {
+            size: self.state.frontier.size(),
+            root: self.state.frontier.root(),
+        };
+        self.head.send_replace(head);
+    }
+
+    /// After a failed append, trust only what the store holds.
+    fn reload(&mut self) {
+        match open::check_and_load(self.store.as_ref(), &self.signer) {
+            Ok(state) => {
+                self.state = state;
+                self.publish_head();
+            }
+            Err(e) => tracing::error!("reloading the ledger state after a failed append: {e}"),
+        }
+    }
+
+    fn sign_checkpoint(&mut self) -> Result<(u64, String), LedgerError> {
+        let size = self.state.frontier.size();
+        if self.state.checkpoint_size == Some(size) {
+            if let Some(note) = self.store.checkpoint_at(size)? {
+                return Ok((size, note));
+            }
+        }
+        let checkpoint = Checkpoint {
+            origin: self.signer.name().to_string(),
+            size,
+            root: self.state.frontier.root(),
+        };
+        let note = checkpoint.sign(&self.signer);
+        self.store.put_checkpoint(size, &note)?;
+        self.state.checkpoint_size = Some(size);
+        Ok((size, note))
+    }
+
+    fn system_draft(kind: &str, data: Json, actor: Actor) -> Result<EventDraft, AppendError> {
+        let id = EventId::random().map_err(|e| AppendError::Store(format!("no system randomness: {e}")))?;
+        Ok(EventDraft {
+            id,
+            kind: kind.to_string(),
+            v: 1,
+            actor,
+            data,
+        })
+    }
+
+    fn create_ledger(&mut self) -> Result<(), AppendError> {
+        let vkey = self.signer.verifier().to_string();
+        let data = Json::Obj(vec![
+            (
+                "format".into(),
+                Json::Str(portcullis_format::event::EVENT_HEADER.into()),
+            ),
+            ("key".into(), Json::Str(vkey.clone())),
+        ]);
+        let draft = Self::system_draft(KIND_LEDGER_CREATED, data, Actor::system())?;
+        let mut pending = self.start_batch();
+        self.sign_one(&mut pending, draft, &[&self.signer])?;
+        pending.batch.key_changes.push((0, vkey));
+        self.store.append(&pending.batch)?;
+        self.state = pending.state;
+        self.publish_head();
+        self.sign_checkpoint().map_err(|e| AppendError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    fn rotate(&mut self, new_key: SignerKey, actor: Actor) -> Result<Receipt, AppendError> {
+        let vkey = new_key.verifier().to_string();
+        let draft = Self::system_draft(
+            KIND_KEY_ROTATED,
+            Json::Obj(vec![("new_key".into(), Json::Str(vkey.clone()))]),
+            actor,
+        )?;
+        let mut pending = self.start_batch();
+        let receipt = self.sign_one(&mut pending, draft, &[&self.signer, &new_key])?;
+        pending.batch.key_changes.push((receipt.seq + 1, vkey));
+        if let Err(e) = self.store.append(&pending.batch) {
+            self.reload();
+            return Err(e.into());
+        }
+        self.state = pending.state;
+        self.signer = new_key;
+        self.publish_head();
+        Ok(receipt)
+    }
+}

@@ -1,0 +1,172 @@
+//! The start-up check: the service refuses to run on a ledger whose tail
+//! does not verify, and says exactly where and why.
+//!
+//! It re-verifies the last [`super::TAIL_CHECK_ENTRIES`] entries (syntax,
+//! sequence, origin, `prev` chain, signature by the key in force, timestamps,
+//! stored leaf hashes), recomputes the small right-edge subtrees from the
+//! stored leaves, and checks the latest checkpoint's signature and root
+//! against the stored tree. A full check of every entry is `portcullis export`
+//! followed by `portcullis verify`.
+
+use super::{State, TAIL_CHECK_ENTRIES};
+use crate::store::{KeyRecord, NodeReader, Store, StoreError};
+use portcullis_format::checkpoint::SignedCheckpoint;
+use portcullis_format::event::ParsedEntry;
+use portcullis_format::merkle::{Frontier, leaf_hash, range_hash, root_of};
+use portcullis_format::note::{SignerKey, VerifierKey};
+use portcullis_format::time::Timestamp;
+
+/// Why the stored ledger is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TailCheckError {
+    #[error("the ledger does not verify at entry {seq}: {reason}")]
+    Entry { seq: u64, reason: String },
+    #[error("the ledger's Merkle tree does not verify: {0}")]
+    Tree(String),
+    #[error("the latest checkpoint does not verify: {0}")]
+    Checkpoint(String),
+    #[error(
+        "the ledger is signed by {in_force}, but the loaded key is {loaded}; load the key in force (or finish a rotation)"
+    )]
+    WrongKey { in_force: String, loaded: String },
+    #[error("the ledger's key history is unreadable: {0}")]
+    Keys(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn key_at(keys: &[(u64, VerifierKey)], seq: u64) -> Option<&VerifierKey> {
+    keys.iter().rev().find(|(from, _)| *from <= seq).map(|(_, k)| k)
+}
+
+fn parse_keys(records: &[KeyRecord]) -> Result<Vec<(u64, VerifierKey)>, TailCheckError> {
+    records
+        .iter()
+        .map(|r| {
+            VerifierKey::parse(&r.vkey)
+                .map(|k| (r.from_seq, k))
+                .map_err(|e| TailCheckError::Keys(format!("key from seq {}: {e}", r.from_seq)))
+        })
+        .collect()
+}
+
+pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<State, TailCheckError> {
+    let size = store.size()?;
+    let keys = parse_keys(&store.keys()?)?;
+    if size == 0 {
+        return Ok(State {
+            frontier: Frontier::default(),
+            prev: [0u8; 32],
+            last_ts: Timestamp::EPOCH,
+            checkpoint_size: None,
+        });
+    }
+    let in_force = key_at(&keys, size).ok_or_else(|| TailCheckError::Keys("no key is recorded".into()))?;
+    if in_force != signer.verifier() {
+        return Err(TailCheckError::WrongKey {
+            in_force: in_force.to_string(),
+            loaded: signer.verifier().to_string(),
+        });
+    }
+    let origin = signer.name();
+    let reader = NodeReader(store);
+    let frontier = Frontier::load(size, &reader)?;
+
+    let from = size.saturating_sub(TAIL_CHECK_ENTRIES);
+    let entries = store.entries(from, size - from)?;
+    let leaves = store.nodes(0, from, size - from)?;
+    let mut prev = if from == 0 { [0u8; 32] } else { store.node(0, from - 1)? };
+    let mut last_ts = Timestamp::EPOCH;
+    for (i, entry) in entries.iter().enumerate() {
+        let seq = from + i as u64;
+        let bad = |reason: String| TailCheckError::Entry { seq, reason };
+        let parsed = ParsedEntry::parse(entry).map_err(|e| bad(e.to_string()))?;
+        let event = &parsed.event;
+        if event.seq != seq {
+            return Err(bad(format!("entry says seq {}", event.seq)));
+        }
+        if event.log != origin {
+            return Err(bad(format!("entry belongs to log {:?}, not {origin:?}", event.log)));
+        }
+        if event.prev != prev {
+            return Err(bad("prev is not the leaf hash of the previous entry".into()));
+        }
+        if event.ts < last_ts {
+            return Err(bad("timestamp is earlier than the previous entry's".into()));
+        }
+        let key = key_at(&keys, seq).ok_or_else(|| bad("no key in force".into()))?;
+        let text = &entry[..parsed.text_len];
+        if !key.verify(text, &parsed.signatures[0]) {
+            return Err(bad(format!("signature by the key in force {key} does not verify")));
+        }
+        if let Some(new_key) = &parsed.new_key {
+            if !new_key.verify(text, &parsed.signatures[1]) || key_at(&keys, seq + 1) != Some(new_key) {
+                return Err(bad(
+                    "key rotation is not co-signed by the new key or not recorded".into()
+                ));
+            }
+        }
+        let leaf = leaf_hash(entry);
+        if leaf != leaves[i] {
+            return Err(bad("the stored leaf hash differs from the entry's".into()));
+        }
+        prev = leaf;
+        last_ts = event.ts;
+    }
+
+    // The right-edge subtrees that lie within the checked tail are recomputed from its leaves.
+    let mut start = 0u64;
+    for level in (0..64u8).rev() {
+        if size & (1 << level) == 0 {
+            continue;
+        }
+        let span = 1u64 << level;
+        if start >= from {
+            let local = (start - from) as usize;
+            let expected = root_of(&leaves[local..local + span as usize]);
+            if store.node(level, start >> level)? != expected {
+                return Err(TailCheckError::Tree(format!(
+                    "node ({level}, {}) differs from its leaves",
+                    start >> level
+                )));
+            }
+        }
+        start += span;
+    }
+
+    let checkpoint_size = match store.latest_checkpoint()? {
+        None => None,
+        Some((cp_size, note)) => {
+            let signed =
+                SignedCheckpoint::parse(note.as_bytes()).map_err(|e| TailCheckError::Checkpoint(e.to_string()))?;
+            let checkpoint = &signed.checkpoint;
+            if checkpoint.size != cp_size || checkpoint.size > size || checkpoint.origin != origin {
+                return Err(TailCheckError::Checkpoint(format!(
+                    "checkpoint of size {} does not fit a ledger of {size}",
+                    checkpoint.size
+                )));
+            }
+            let key = key_at(&keys, cp_size).ok_or_else(|| TailCheckError::Keys("no key in force".into()))?;
+            signed
+                .verify(key)
+                .map_err(|e| TailCheckError::Checkpoint(e.to_string()))?;
+            let root = if cp_size == 0 {
+                portcullis_format::merkle::EMPTY_ROOT
+            } else {
+                range_hash(&reader, 0, cp_size)?
+            };
+            if root != checkpoint.root {
+                return Err(TailCheckError::Checkpoint(format!(
+                    "the stored tree at size {cp_size} has a different root than the signed checkpoint"
+                )));
+            }
+            Some(cp_size)
+        }
+    };
+    Ok(State {
+        frontier,
+        prev,
+        last_ts,
+        checkpoint_size,
+    })
+}

@@ -1,0 +1,205 @@
+//! `portcullis serve`: opens (or creates) the ledger on the embedded SQLite
+//! store, generates the log key on first start, and serves the ledger over
+//! HTTP until SIGTERM or Ctrl-C.
+//!
+//! Shutdown order: stop accepting connections and finish in-flight requests,
+//! then let the sequencer commit everything already queued and sign a final
+//! checkpoint, then close the store. An append is acknowledged only after
+//! its commit, so nothing acknowledged is lost at any point of this.
+
+use crate::api::{AppState, app};
+use crate::config::ServeConfig;
+use crate::keyfile;
+use crate::ledger::{Ledger, LedgerConfig, LedgerError, TailCheckError};
+use crate::store::sqlite::SqliteStore;
+use anyhow::Context as _;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Loads the log key, or generates it on first start. Returns the key and whether it is new.
+///
+/// # Errors
+/// When the key file cannot be read or written, or is readable by others.
+pub fn load_or_generate_key(config: &ServeConfig) -> anyhow::Result<(portcullis_format::note::SignerKey, bool)> {
+    let path = config.key_path();
+    if path.exists() {
+        let key = keyfile::load(&path)?;
+        if let Some(origin) = &config.origin {
+            if origin != key.name() {
+                anyhow::bail!(
+                    "the configured origin {origin:?} differs from the name of the existing key {:?} in {}; \
+                     the origin of a ledger cannot change",
+                    key.name(),
+                    path.display()
+                );
+            }
+        }
+        return Ok((key, false));
+    }
+    if config.database_path().exists() {
+        anyhow::bail!(
+            "{} exists but its key {} is missing; restore the key (a new key cannot continue an existing ledger)",
+            config.database_path().display(),
+            path.display()
+        );
+    }
+    let origin = match &config.origin {
+        Some(origin) => origin.clone(),
+        None => {
+            let mut suffix = [0u8; 4];
+            getrandom::fill(&mut suffix).context("no system randomness")?;
+            format!(
+                "portcullis.local/ledger-{}",
+                suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        }
+    };
+    Ok((keyfile::generate(&path, &origin)?, true))
+}
+
+/// Opens the store and the ledger for `config`.
+///
+/// # Errors
+/// When the key or store cannot be opened, or the ledger's tail does not verify.
+pub fn open_ledger(config: &ServeConfig) -> anyhow::Result<(Ledger, crate::ledger::SequencerThread, bool)> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let (key, generated) = load_or_generate_key(config)?;
+    let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::open(&config.database_path())?);
+    match Ledger::open(Arc::clone(&store), key, LedgerConfig::default()) {
+        Ok((ledger, thread)) => Ok((ledger, thread, generated)),
+        Err(LedgerError::TailCheck(TailCheckError::WrongKey { in_force, .. }))
+            if next_key_matches(config, &in_force) =>
+        {
+            // A rotation was recorded but the key files were not swapped: finish it.
+            promote_next_key(config)?;
+            let key = keyfile::load(&config.key_path())?;
+            let (ledger, thread) = Ledger::open(store, key, LedgerConfig::default())?;
+            Ok((ledger, thread, false))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where a rotation writes the new key before recording it.
+pub fn next_key_path(config: &ServeConfig) -> PathBuf {
+    config.data_dir.join("log.key.next")
+}
+
+fn next_key_matches(config: &ServeConfig, in_force: &str) -> bool {
+    keyfile::load(&next_key_path(config)).is_ok_and(|k| k.verifier().to_string() == in_force)
+}
+
+/// Makes the rotated-to key the log key: the old key files are kept as
+/// `log.key.retired-<key id>` (and `.pub`), the new ones take their place.
+///
+/// # Errors
+/// When a rename fails.
+pub fn promote_next_key(config: &ServeConfig) -> anyhow::Result<()> {
+    let current = config.key_path();
+    let next = next_key_path(config);
+    let old = keyfile::load(&current)?;
+    let retired = config
+        .data_dir
+        .join(format!("log.key.retired-{:08x}", old.verifier().key_id()));
+    for (from, to) in [
+        (current.clone(), retired.clone()),
+        (keyfile::public_path(&current), keyfile::public_path(&retired)),
+        (next.clone(), current.clone()),
+        (keyfile::public_path(&next), keyfile::public_path(&current)),
+    ] {
+        std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    }
+    if let Ok(dir) = std::fs::File::open(&config.data_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Runs the service until a shutdown signal.
+///
+/// # Errors
+/// Start-up failures (key, store, tail check, address in use).
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let (ledger, thread, generated) = open_ledger(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let vkey = ledger
+        .store()
+        .keys()?
+        .last()
+        .map(|k| k.vkey.clone())
+        .unwrap_or_default();
+    let head = ledger.head();
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "portcullis serving ledger {} on http://{address}", ledger.origin());
+        let _ = writeln!(
+            out,
+            "  store:        SQLite {} ({} entries)",
+            config.database_path().display(),
+            head.size
+        );
+        let key_note = if generated {
+            " (generated now: keep it safe and back it up)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  signing key:  {}{key_note}", config.key_path().display());
+        let _ = writeln!(out, "  verifier key: {vkey}");
+        let _ = writeln!(
+            out,
+            "  checkpoints:  every {}s while the ledger grows; GET /checkpoint",
+            config.checkpoint_interval_secs
+        );
+        let _ = writeln!(
+            out,
+            "  not configured: clusters (no reconciler runs), identity provider, access policy;"
+        );
+        let _ = writeln!(
+            out,
+            "                  this build serves the ledger read-only (checkpoint, tiles, entries, proofs)"
+        );
+        let _ = out.flush();
+    }
+    let checkpointer = tokio::spawn(
+        ledger
+            .clone()
+            .run_checkpointer(Duration::from_secs(config.checkpoint_interval_secs)),
+    );
+    let state = Arc::new(AppState { ledger: ledger.clone() });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("shutting down: committing queued events and signing a final checkpoint");
+    ledger.close().await;
+    checkpointer.abort();
+    drop(ledger);
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .context("joining the sequencer")?;
+    println!("portcullis stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,80 @@
+//! Event stores: entries in order, appended only at an expected position.
+//!
+//! A store keeps the signed entries, the full Merkle nodes (so proofs and
+//! tiles are O(log n) reads), the signed checkpoints, and the history of the
+//! log's keys. It knows nothing of signing or event content: the sequencer
+//! decides what to append, the store makes it durable atomically.
+//!
+//! **Architecture Invariant:** an append either makes every entry, node and key
+//! change of the batch durable, or none of them; and it succeeds only if the
+//! store's size equals the expected position (optimistic concurrency).
+
+pub mod sqlite;
+
+use portcullis_format::merkle::Hash;
+
+/// One append: entries starting at `expected_size`, the full nodes they complete,
+/// and (for a key rotation) the new key in force from a sequence number.
+#[derive(Debug, Default)]
+pub struct AppendBatch {
+    pub expected_size: u64,
+    pub entries: Vec<Vec<u8>>,
+    pub nodes: Vec<(u8, u64, Hash)>,
+    pub key_changes: Vec<(u64, String)>,
+}
+
+/// A key of the log and the first sequence number it signs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub from_seq: u64,
+    pub vkey: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("append conflict: expected the ledger to hold {expected} entries, it holds {actual}")]
+    AppendConflict { expected: u64, actual: u64 },
+    #[error("ledger store {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("ledger store schema version {found} is not supported (this build knows version {supported})")]
+    SchemaVersion { found: i64, supported: i64 },
+    #[error("ledger store query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("ledger store is missing Merkle node ({level}, {index})")]
+    MissingNode { level: u8, index: u64 },
+    #[error("ledger store holds a corrupt value: {0}")]
+    Corrupt(String),
+}
+
+/// The operations every backend provides. Calls block; async callers use
+/// `spawn_blocking`.
+pub trait Store: Send + Sync {
+    /// The number of entries.
+    fn size(&self) -> Result<u64, StoreError>;
+    /// Appends atomically at `batch.expected_size`.
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError>;
+    /// Entries `from..from+limit` (fewer at the end).
+    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// A full node's hash.
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError>;
+    /// Consecutive full nodes of one level.
+    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<Hash>, StoreError>;
+    /// Stores a signed checkpoint note for `size`.
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// The checkpoint of the largest size.
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// The checkpoint stored for exactly `size`.
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError>;
+    /// The keys of the log, in order.
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+}
+
+/// Adapts a store to the format crate's node reader for proof generation.
+pub struct NodeReader<'a>(pub &'a dyn Store);
+
+impl portcullis_format::merkle::HashReader for NodeReader<'_> {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        self.0.node(level, index)
+    }
+}
