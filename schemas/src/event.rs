@@ -254,6 +254,11 @@ impl Event {
         if !matches!(self.draft.data, Json::Obj(_)) {
             return Err(field_err("data", "must be an object"));
         }
+        // `data` is nested one level down in the event object.
+        self.draft
+            .data
+            .check_strict(1)
+            .map_err(|e| field_err("data", e.to_string()))?;
         if self.draft.kind == KIND_KEY_ROTATED {
             rotation_key(&self.draft.data, &self.log)?;
         }

@@ -136,6 +136,35 @@ impl Json {
         }
     }
 
+    /// Checks that a value built in code (not parsed) stays within the strict
+    /// subset: safe integers, unique keys, nesting at most [`MAX_DEPTH`]
+    /// counting from `depth` (the depth at which this value is nested).
+    ///
+    /// # Errors
+    /// The [`JsonErrorReason`] of the first violation.
+    pub fn check_strict(&self, depth: usize) -> Result<(), JsonErrorReason> {
+        fn walk(value: &Json, depth: usize) -> Result<(), JsonErrorReason> {
+            match value {
+                Json::Int(n) if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(n) => {
+                    Err(JsonErrorReason::IntegerOutOfRange)
+                }
+                Json::Arr(_) | Json::Obj(_) if depth >= MAX_DEPTH => Err(JsonErrorReason::TooDeep),
+                Json::Arr(items) => items.iter().try_for_each(|item| walk(item, depth + 1)),
+                Json::Obj(members) => {
+                    for (i, (key, item)) in members.iter().enumerate() {
+                        if members[..i].iter().any(|(k, _)| k == key) {
+                            return Err(JsonErrorReason::DuplicateKey(key.clone()));
+                        }
+                        walk(item, depth + 1)?;
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+        walk(self, depth)
+    }
+
     /// Looks up a member of an object; `None` for other values or a missing key.
     pub fn get(&self, key: &str) -> Option<&Json> {
         match self {

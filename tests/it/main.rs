@@ -3,6 +3,10 @@
 
 mod support;
 
+mod api;
+mod cli;
+mod crash;
 mod format_vectors;
+mod ledger;
 mod rfc9162_vectors;
 mod tamper;

@@ -294,6 +294,19 @@ impl Ledger {
         writer.finish(&checkpoint).expect("export written");
     }
 
+    /// Writes a range export of the whole ledger: entries before `first` (a
+    /// multiple of 256) are present only as leaf hashes in the tiles.
+    pub fn export_range(&self, dir: &Path, first: u64) {
+        let mut writer = ExportWriter::create(dir).expect("export directory");
+        for entry in &self.entries[..first as usize] {
+            writer.push_hash_only(merkle::leaf_hash(entry)).expect("tile written");
+        }
+        for entry in &self.entries[first as usize..] {
+            writer.push(entry.clone()).expect("valid entry");
+        }
+        writer.finish(&self.checkpoint(self.size())).expect("export written");
+    }
+
     /// Writes the export of the whole ledger.
     pub fn export(&self, dir: &Path) {
         self.export_prefix(dir, self.size());

@@ -1,0 +1,210 @@
+//! The `portcullis` binary end to end: serve on the embedded default, read
+//! the ledger over HTTP, stop with SIGTERM, export, verify; and the key files.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn portcullis(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN).args(args).current_dir(cwd).output().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET over loopback; returns (status, body).
+fn get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    Ok((status, response[split + 4..].to_vec()))
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if matches!(get(port, "/readyz"), Ok((200, _))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the service did not become ready");
+}
+
+#[test]
+fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--data-dir",
+            "data",
+            "--listen",
+            &listen,
+            "--origin",
+            "portcullis.test/cli",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(port);
+
+    let (status, checkpoint) = get(port, "/checkpoint").unwrap();
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&checkpoint).starts_with("portcullis.test/cli\n1\n"));
+    let (status, bundle) = get(port, "/tile/entries/000.p/1").unwrap();
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&bundle).contains("ledger.created"));
+    let (status, problem) = get(port, "/v1/ledger/entries/99").unwrap();
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&problem).contains("urn:portcullis:problem:not-found"));
+    let (status, evidence) = get(port, "/v1/ledger/evidence/0").unwrap();
+    assert_eq!(status, 200);
+    std::fs::write(dir.path().join("entry0.tlog-proof"), &evidence).unwrap();
+
+    // SIGTERM: a clean stop with a final checkpoint.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert!(status.success(), "exit {status:?}");
+    assert!(stdout.contains("verifier key: portcullis.test/cli+"), "{stdout}");
+    assert!(stdout.contains("not configured"), "{stdout}");
+    assert!(stdout.contains("stopped cleanly"), "{stdout}");
+
+    let mode = std::fs::metadata(dir.path().join("data/log.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let vkey = std::fs::read_to_string(dir.path().join("data/log.key.pub")).unwrap();
+
+    let out = portcullis(&["export", "exported", "--data-dir", "data"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = portcullis(&["verify", "exported", "--key", vkey.trim(), "--json"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["entries_verified"], 1);
+    let out = portcullis(
+        &["verify", "proof", "entry0.tlog-proof", "--key", "data/log.key.pub"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Exporting into a non-empty directory is refused and changes nothing.
+    let out = portcullis(&["export", "exported", "--data-dir", "data"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_the_owner_can_read_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = portcullis(
+        &["keygen", "--name", "portcullis.test/keys", "--out", "k/log.key"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vkey = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        portcullis_format::note::VerifierKey::parse(vkey.trim()).is_ok(),
+        "{vkey}"
+    );
+    let key = dir.path().join("k/log.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(dir.path().join("k/log.key.pub")).unwrap(), vkey);
+
+    let before = std::fs::read(&key).unwrap();
+    let out = portcullis(
+        &["keygen", "--name", "portcullis.test/keys", "--out", "k/log.key"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+
+    let out = portcullis(&["keygen", "--name", "has space", "--out", "k/other.key"], dir.path());
+    assert!(!out.status.success());
+    assert!(!dir.path().join("k/other.key").exists());
+}
+
+#[test]
+fn a_private_key_readable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    portcullis::keyfile::generate(&data.join("log.key"), "portcullis.test/perm").unwrap();
+    std::fs::set_permissions(data.join("log.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = portcullis(&["serve", "--data-dir", "data", "--listen", "127.0.0.1:0"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("readable by group or others"), "{stderr}");
+    assert!(!data.join("ledger.db").exists(), "nothing was created");
+}
+
+#[test]
+fn bad_flags_and_config_files_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = portcullis(&["serve", "--listen", "not-an-address"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "data_dir = \"x\"\nlisten_addr = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = portcullis(&["serve", "--config", "bad.toml"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("listen_addr"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("interval.toml"), "checkpoint_interval_secs = 0\n").unwrap();
+    let out = portcullis(&["serve", "--config", "interval.toml"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint_interval_secs"));
+    assert!(
+        !dir.path().join("x").exists() && !dir.path().join("portcullis-data").exists(),
+        "nothing was created"
+    );
+
+    let out = portcullis(&["verify", "nowhere", "--key", "not-a-key"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let out = portcullis(&["export", "out", "--data-dir", "missing"], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no ledger"));
+}

@@ -1,0 +1,244 @@
+//! The sequencer and the SQLite store, through the library's public API.
+
+use portcullis::ledger::{AppendError, Ledger, LedgerConfig, LedgerError, SequencerThread, TailCheckError};
+use portcullis::store::sqlite::SqliteStore;
+use portcullis::store::{NodeReader, Store};
+use portcullis_format::checkpoint::SignedCheckpoint;
+use portcullis_format::event::{Actor, EventDraft, EventId, ParsedEntry};
+use portcullis_format::json::Json;
+use portcullis_format::keys::KeySet;
+use portcullis_format::merkle;
+use portcullis_format::note::SignerKey;
+use portcullis_format::verify::{Options, verify_export};
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn signer(seed: u8) -> SignerKey {
+    SignerKey::from_seed("portcullis.test/ledger", &[seed; 32]).unwrap()
+}
+
+pub fn draft(n: u64) -> EventDraft {
+    EventDraft {
+        id: EventId::random().unwrap(),
+        kind: "request.created".into(),
+        v: 1,
+        actor: Actor {
+            sub: format!("user-{}", n % 7),
+            groups: vec!["web".into()],
+            via: "token".into(),
+        },
+        data: Json::Obj(vec![
+            (
+                "reason".into(),
+                Json::Str(format!("INC-{n}: fix the TLS host of shop/storefront")),
+            ),
+            ("namespace".into(), Json::Str("shop".into())),
+        ]),
+    }
+}
+
+pub fn open(path: &Path, key: SignerKey) -> Result<(Ledger, SequencerThread), LedgerError> {
+    let store = SqliteStore::open(&path.join("ledger.db"))?;
+    Ledger::open(Arc::new(store), key, LedgerConfig::default())
+}
+
+pub async fn close(ledger: Ledger, thread: SequencerThread) {
+    ledger.close().await;
+    drop(ledger);
+    tokio::task::spawn_blocking(move || thread.join()).await.unwrap();
+}
+
+pub fn verify_dir(
+    export: &Path,
+    keys: KeySet,
+) -> Result<portcullis_format::verify::Summary, portcullis_format::verify::Failure> {
+    verify_export(
+        export,
+        &Options {
+            keys,
+            anchor: None,
+            allow_partial: false,
+            threads: 2,
+            progress: None,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_get_contiguous_receipts_and_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..64u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut receipts = Vec::new();
+            for i in 0..20 {
+                receipts.push(ledger.append(draft(writer * 100 + i)).await.unwrap());
+            }
+            receipts
+        }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap().iter().map(|r| r.seq));
+    }
+    seqs.sort_unstable();
+    // Entry 0 is the ledger's creation; the 1280 appends follow without gaps or repeats.
+    assert_eq!(seqs, (1..=1280).collect::<Vec<_>>());
+    assert_eq!(ledger.head().size, 1281);
+    close(ledger, thread).await;
+
+    let export = dir.path().join("export");
+    let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    portcullis::export::export(&store, &export, 0, None, &|_, _| {}).unwrap();
+    let summary = verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap();
+    assert_eq!(summary.entries_verified, 1281);
+}
+
+#[tokio::test]
+async fn a_rejected_event_is_not_appended_and_does_not_disturb_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let mut bad = draft(1);
+    bad.kind = "Not A Kind".into();
+    let both = ledger.append_all(vec![draft(2), bad]).await;
+    assert!(matches!(both, Err(AppendError::Rejected(_))), "{both:?}");
+    assert_eq!(ledger.head().size, 1, "an all-or-none request left nothing behind");
+    let receipt = ledger.append(draft(3)).await.unwrap();
+    assert_eq!(receipt.seq, 1);
+    let mut float = draft(4);
+    float.data = Json::Obj(vec![("n".into(), Json::Int(1 << 60))]);
+    assert!(matches!(ledger.append(float).await, Err(AppendError::Rejected(_))));
+    close(ledger, thread).await;
+}
+
+#[tokio::test]
+async fn reopening_continues_the_chain_and_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    for i in 0..300 {
+        ledger.append(draft(i)).await.unwrap();
+    }
+    let (size_before, _) = ledger.checkpoint().await.unwrap();
+    close(ledger, thread).await;
+
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    assert_eq!(ledger.head().size, size_before);
+    let receipt = ledger.append(draft(999)).await.unwrap();
+    assert_eq!(receipt.seq, size_before);
+    let (size, note) = ledger.checkpoint().await.unwrap();
+    let store = Arc::clone(ledger.store());
+    close(ledger, thread).await;
+
+    // The new checkpoint is consistent with the old one, and the tree gives proofs in O(log n) reads.
+    let checkpoint = SignedCheckpoint::parse(note.as_bytes()).unwrap();
+    checkpoint.verify(signer(1).verifier()).unwrap();
+    let old = SignedCheckpoint::parse(store.checkpoint_at(size_before).unwrap().unwrap().as_bytes()).unwrap();
+    let reader = NodeReader(store.as_ref());
+    let proof = merkle::consistency_proof(&reader, size_before, size).unwrap();
+    merkle::verify_consistency(
+        size_before,
+        size,
+        &old.checkpoint.root,
+        &checkpoint.checkpoint.root,
+        &proof,
+    )
+    .unwrap();
+    let entry = store.entries(receipt.seq, 1).unwrap().pop().unwrap();
+    let inclusion = merkle::inclusion_proof(&reader, receipt.seq, size).unwrap();
+    merkle::verify_inclusion(
+        receipt.seq,
+        size,
+        &merkle::leaf_hash(&entry),
+        &inclusion,
+        &checkpoint.checkpoint.root,
+    )
+    .unwrap();
+    let parsed = ParsedEntry::parse(&entry).unwrap();
+    assert_eq!(parsed.event.prev, store.node(0, receipt.seq - 1).unwrap());
+}
+
+#[tokio::test]
+async fn the_service_refuses_a_ledger_whose_tail_was_altered_and_names_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    for i in 0..10 {
+        ledger.append(draft(i)).await.unwrap();
+    }
+    close(ledger, thread).await;
+
+    alter_entry_on_disk(&dir.path().join("ledger.db"), 7);
+    let err = open(dir.path(), signer(1))
+        .err()
+        .expect("an altered ledger must be refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, LedgerError::TailCheck(TailCheckError::Entry { seq: 7, .. })),
+        "{text}"
+    );
+    assert!(text.contains("entry 7"), "{text}");
+}
+
+/// Changes entry `seq` in the database file, as an attacker with write access
+/// to the disk would. The store type offers no update (that is the point), so
+/// the test reaches under it with SQL.
+fn alter_entry_on_disk(db: &Path, seq: u64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let entry: Vec<u8> = conn
+        .query_row("SELECT entry FROM entries WHERE seq = ?1", [seq as i64], |r| r.get(0))
+        .unwrap();
+    let text = String::from_utf8(entry).unwrap();
+    let altered = text.replacen("INC-", "INK-", 1);
+    assert_ne!(altered, text);
+    conn.execute(
+        "UPDATE entries SET entry = ?1 WHERE seq = ?2",
+        rusqlite::params![altered.as_bytes(), seq as i64],
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_service_refuses_to_sign_with_a_key_that_is_not_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    close(ledger, thread).await;
+    let err = open(dir.path(), signer(2)).err().expect("another key must be refused");
+    assert!(
+        matches!(err, LedgerError::TailCheck(TailCheckError::WrongKey { .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_key_signs_from_the_next_entry_and_the_export_verifies_with_the_first_key_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    for i in 0..5 {
+        ledger.append(draft(i)).await.unwrap();
+    }
+    let rotation = ledger.rotate_key(signer(2), Actor::system()).await.unwrap();
+    for i in 5..10 {
+        ledger.append(draft(i)).await.unwrap();
+    }
+    ledger.checkpoint().await.unwrap();
+    close(ledger, thread).await;
+    assert!(
+        open(dir.path(), signer(1)).is_err(),
+        "the old key is no longer in force"
+    );
+    let (ledger, thread) = open(dir.path(), signer(2)).unwrap();
+    close(ledger, thread).await;
+
+    let export = dir.path().join("export");
+    let store = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
+    portcullis::export::export(&store, &export, 0, None, &|_, _| {}).unwrap();
+    let summary = verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap();
+    assert_eq!(summary.keys.len(), 2);
+    assert_eq!(summary.keys[1].1, rotation.seq + 1);
+    let keys = store.keys().unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.from_seq).collect::<Vec<_>>(),
+        vec![0, rotation.seq + 1]
+    );
+}
