@@ -58,14 +58,10 @@ impl ServeConfig {
 /// # Errors
 /// [`ConfigError`] naming the file, and for syntax errors the line and column.
 pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string().trim().to_string(),
-    })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
 }
 
 /// Merges the file (if any) with flags (which win) and checks the result.
@@ -81,9 +77,7 @@ pub fn merge(
 ) -> Result<ServeConfig, ConfigError> {
     let interval = checkpoint_interval_secs.or(file.checkpoint_interval_secs).unwrap_or(1);
     if !(1..=86_400).contains(&interval) {
-        return Err(ConfigError::Invalid(format!(
-            "checkpoint_interval_secs must be 1 to 86400, not {interval}"
-        )));
+        return Err(ConfigError::Invalid(format!("checkpoint_interval_secs must be 1 to 86400, not {interval}")));
     }
     let origin = origin.or(file.origin);
     if let Some(origin) = &origin {
@@ -94,12 +88,8 @@ pub fn merge(
         }
     }
     Ok(ServeConfig {
-        data_dir: data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-        listen: listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
+        data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        listen: listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
         origin,
         checkpoint_interval_secs: interval,
     })

@@ -55,12 +55,7 @@ pub fn export(
     let (latest_size, latest_note) = store.latest_checkpoint()?.ok_or(ExportLedgerError::NoCheckpoint)?;
     let (size, note) = match to {
         None => (latest_size, latest_note),
-        Some(to) => (
-            to,
-            store
-                .checkpoint_at(to)?
-                .ok_or(ExportLedgerError::NoCheckpointAt(to, latest_size))?,
-        ),
+        Some(to) => (to, store.checkpoint_at(to)?.ok_or(ExportLedgerError::NoCheckpointAt(to, latest_size))?),
     };
     if from > size || (from == size && size > 0) {
         return Err(ExportLedgerError::FromBeyondSize { from, size });

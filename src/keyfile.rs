@@ -22,10 +22,7 @@ pub enum KeyFileError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
-    move |source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| KeyFileError::Io { path: path.to_path_buf(), source }
 }
 
 /// The path of the verifier key written next to a private key.
@@ -43,16 +40,10 @@ pub fn load(path: &Path) -> Result<SignerKey, KeyFileError> {
     let meta = fs::metadata(path).map_err(io(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyFileError::TooOpen {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(KeyFileError::TooOpen { path: path.to_path_buf(), mode });
     }
     let text = fs::read_to_string(path).map_err(io(path))?;
-    SignerKey::parse(&text).map_err(|source| KeyFileError::Malformed {
-        path: path.to_path_buf(),
-        source,
-    })
+    SignerKey::parse(&text).map_err(|source| KeyFileError::Malformed { path: path.to_path_buf(), source })
 }
 
 /// Writes a private key with mode 0600 (created exclusively, then fsynced)
@@ -70,14 +61,8 @@ pub fn write(path: &Path, key: &SignerKey) -> Result<(), KeyFileError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    file.write_all(format!("{}\n", key.to_private_string()).as_bytes())
-        .map_err(io(path))?;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    file.write_all(format!("{}\n", key.to_private_string()).as_bytes()).map_err(io(path))?;
     file.sync_all().map_err(io(path))?;
     fs::write(&public, format!("{}\n", key.verifier())).map_err(io(&public))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -114,10 +114,7 @@ fn open_offline(
     config: &ServeConfig,
 ) -> anyhow::Result<(portcullis::ledger::Ledger, portcullis::ledger::SequencerThread)> {
     if !config.database_path().exists() {
-        anyhow::bail!(
-            "no ledger at {}; run `portcullis serve` first",
-            config.database_path().display()
-        );
+        anyhow::bail!("no ledger at {}; run `portcullis serve` first", config.database_path().display());
     }
     let (ledger, thread, _) = portcullis::serve::open_ledger(config)?;
     Ok((ledger, thread))
@@ -126,29 +123,18 @@ fn open_offline(
 async fn close(ledger: portcullis::ledger::Ledger, thread: portcullis::ledger::SequencerThread) -> anyhow::Result<()> {
     ledger.close().await;
     drop(ledger);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .context("joining the sequencer")
+    tokio::task::spawn_blocking(move || thread.join()).await.context("joining the sequencer")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve {
-            common,
-            listen,
-            origin,
-            checkpoint_interval_secs,
-        } => {
+        Command::Serve { common, listen, origin, checkpoint_interval_secs } => {
             let config = serve_config(&common, listen, origin, checkpoint_interval_secs)?;
             portcullis::serve::serve(config).await?;
         }
         Command::Keygen { name, out } => {
             let key = keyfile::generate(&out, &name)?;
-            eprintln!(
-                "wrote {} (private, mode 0600) and {}",
-                out.display(),
-                keyfile::public_path(&out).display()
-            );
+            eprintln!("wrote {} (private, mode 0600) and {}", out.display(), keyfile::public_path(&out).display());
             println!("{}", key.verifier());
         }
         Command::Export { dir, common, from, to } => {
@@ -238,27 +224,15 @@ async fn proof_file(ledger: &portcullis::ledger::Ledger, seq: u64) -> anyhow::Re
 async fn rotate(config: &ServeConfig, ledger: &portcullis::ledger::Ledger) -> anyhow::Result<String> {
     let next = portcullis::serve::next_key_path(config);
     let new_key = keyfile::generate(&next, ledger.origin()).with_context(|| {
-        format!(
-            "writing the new key to {} (remove it if a previous rotation did not start)",
-            next.display()
-        )
+        format!("writing the new key to {} (remove it if a previous rotation did not start)", next.display())
     })?;
     let vkey = new_key.verifier().to_string();
-    let user = std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty() && u.len() < 200)
-        .unwrap_or_else(|| "unknown".into());
-    let actor = portcullis_format::event::Actor {
-        sub: format!("local:{user}"),
-        groups: Vec::new(),
-        via: "local".into(),
-    };
+    let user =
+        std::env::var("USER").ok().filter(|u| !u.is_empty() && u.len() < 200).unwrap_or_else(|| "unknown".into());
+    let actor =
+        portcullis_format::event::Actor { sub: format!("local:{user}"), groups: Vec::new(), via: "local".into() };
     let receipt = ledger.rotate_key(new_key, actor).await?;
-    eprintln!(
-        "key rotated at entry {}; the new key signs from entry {}",
-        receipt.seq,
-        receipt.seq + 1
-    );
+    eprintln!("key rotated at entry {}; the new key signs from entry {}", receipt.seq, receipt.seq + 1);
     Ok(vkey)
 }
 
@@ -277,10 +251,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

@@ -50,10 +50,7 @@ pub fn load_or_generate_key(config: &ServeConfig) -> anyhow::Result<(portcullis_
         None => {
             let mut suffix = [0u8; 4];
             getrandom::fill(&mut suffix).context("no system randomness")?;
-            format!(
-                "portcullis.local/ledger-{}",
-                suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            )
+            format!("portcullis.local/ledger-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>())
         }
     };
     Ok((keyfile::generate(&path, &origin)?, true))
@@ -100,9 +97,7 @@ pub fn promote_next_key(config: &ServeConfig) -> anyhow::Result<()> {
     let current = config.key_path();
     let next = next_key_path(config);
     let old = keyfile::load(&current)?;
-    let retired = config
-        .data_dir
-        .join(format!("log.key.retired-{:08x}", old.verifier().key_id()));
+    let retired = config.data_dir.join(format!("log.key.retired-{:08x}", old.verifier().key_id()));
     for (from, to) in [
         (current.clone(), retired.clone()),
         (keyfile::public_path(&current), keyfile::public_path(&retired)),
@@ -127,27 +122,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
-    let vkey = ledger
-        .store()
-        .keys()?
-        .last()
-        .map(|k| k.vkey.clone())
-        .unwrap_or_default();
+    let vkey = ledger.store().keys()?.last().map(|k| k.vkey.clone()).unwrap_or_default();
     let head = ledger.head();
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "portcullis serving ledger {} on http://{address}", ledger.origin());
-        let _ = writeln!(
-            out,
-            "  store:        SQLite {} ({} entries)",
-            config.database_path().display(),
-            head.size
-        );
-        let key_note = if generated {
-            " (generated now: keep it safe and back it up)"
-        } else {
-            ""
-        };
+        let _ = writeln!(out, "  store:        SQLite {} ({} entries)", config.database_path().display(), head.size);
+        let key_note = if generated { " (generated now: keep it safe and back it up)" } else { "" };
         let _ = writeln!(out, "  signing key:  {}{key_note}", config.key_path().display());
         let _ = writeln!(out, "  verifier key: {vkey}");
         let _ = writeln!(
@@ -155,33 +136,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "  checkpoints:  every {}s while the ledger grows; GET /checkpoint",
             config.checkpoint_interval_secs
         );
-        let _ = writeln!(
-            out,
-            "  not configured: clusters (no reconciler runs), identity provider, access policy;"
-        );
+        let _ = writeln!(out, "  not configured: clusters (no reconciler runs), identity provider, access policy;");
         let _ = writeln!(
             out,
             "                  this build serves the ledger read-only (checkpoint, tiles, entries, proofs)"
         );
         let _ = out.flush();
     }
-    let checkpointer = tokio::spawn(
-        ledger
-            .clone()
-            .run_checkpointer(Duration::from_secs(config.checkpoint_interval_secs)),
-    );
+    let checkpointer =
+        tokio::spawn(ledger.clone().run_checkpointer(Duration::from_secs(config.checkpoint_interval_secs)));
     let state = Arc::new(AppState { ledger: ledger.clone() });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
     ledger.close().await;
     checkpointer.abort();
     drop(ledger);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .context("joining the sequencer")?;
+    tokio::task::spawn_blocking(move || thread.join()).await.context("joining the sequencer")?;
     println!("portcullis stopped cleanly");
     Ok(())
 }

@@ -61,22 +61,15 @@ impl Checkpoint {
         }
         let size_ok =
             !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
-        let size_num: u64 = size
-            .parse()
-            .ok()
-            .filter(|_| size_ok)
-            .ok_or_else(|| CheckpointError::Size(size.to_string()))?;
+        let size_num: u64 =
+            size.parse().ok().filter(|_| size_ok).ok_or_else(|| CheckpointError::Size(size.to_string()))?;
         let root_hash: Hash = B64
             .decode(root)
             .ok()
             .and_then(|b| b.try_into().ok())
             .filter(|_| root.len() == 44)
             .ok_or_else(|| CheckpointError::Root(root.to_string()))?;
-        Ok(Checkpoint {
-            origin: origin.to_string(),
-            size: size_num,
-            root: root_hash,
-        })
+        Ok(Checkpoint { origin: origin.to_string(), size: size_num, root: root_hash })
     }
 }
 
@@ -97,11 +90,7 @@ impl SignedCheckpoint {
     pub fn parse(note_bytes: &[u8]) -> Result<SignedCheckpoint, CheckpointError> {
         let note = Note::parse(note_bytes)?;
         let checkpoint = Checkpoint::parse_text(note.text)?;
-        Ok(SignedCheckpoint {
-            checkpoint,
-            signatures: note.signatures,
-            text: note.text.to_string(),
-        })
+        Ok(SignedCheckpoint { checkpoint, signatures: note.signatures, text: note.text.to_string() })
     }
 
     /// Verifies the log's signature with `key`, which must be named after the origin.
@@ -112,10 +101,7 @@ impl SignedCheckpoint {
         if key.name() != self.checkpoint.origin {
             return Err(CheckpointError::Signature(VerifyNoteError::NoTrustedSignature));
         }
-        let note = Note {
-            text: &self.text,
-            signatures: self.signatures.clone(),
-        };
+        let note = Note { text: &self.text, signatures: self.signatures.clone() };
         note::verify_note(&note, std::slice::from_ref(key))?;
         Ok(())
     }
@@ -128,19 +114,12 @@ mod tests {
     #[test]
     fn checkpoint_round_trips_and_refuses_leading_zeroes() {
         let signer = SignerKey::from_seed("example.com/log", &[5u8; 32]).unwrap();
-        let checkpoint = Checkpoint {
-            origin: "example.com/log".into(),
-            size: 12,
-            root: [1u8; 32],
-        };
+        let checkpoint = Checkpoint { origin: "example.com/log".into(), size: 12, root: [1u8; 32] };
         let note = checkpoint.sign(&signer);
         let parsed = SignedCheckpoint::parse(note.as_bytes()).unwrap();
         assert_eq!(parsed.checkpoint, checkpoint);
         parsed.verify(signer.verifier()).unwrap();
         let bad = note.replacen("\n12\n", "\n012\n", 1);
-        assert!(matches!(
-            SignedCheckpoint::parse(bad.as_bytes()),
-            Err(CheckpointError::Size(_))
-        ));
+        assert!(matches!(SignedCheckpoint::parse(bad.as_bytes()), Err(CheckpointError::Size(_))));
     }
 }

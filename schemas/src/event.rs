@@ -48,19 +48,12 @@ pub struct Actor {
 impl Actor {
     /// The actor of events the service records on its own behalf.
     pub fn system() -> Actor {
-        Actor {
-            sub: "system:portcullis".into(),
-            groups: Vec::new(),
-            via: "system".into(),
-        }
+        Actor { sub: "system:portcullis".into(), groups: Vec::new(), via: "system".into() }
     }
 
     fn to_json(&self) -> Json {
         Json::Obj(vec![
-            (
-                "groups".into(),
-                Json::Arr(self.groups.iter().cloned().map(Json::Str).collect()),
-            ),
+            ("groups".into(), Json::Arr(self.groups.iter().cloned().map(Json::Str).collect())),
             ("sub".into(), Json::Str(self.sub.clone())),
             ("via".into(), Json::Str(self.via.clone())),
         ])
@@ -144,10 +137,7 @@ pub enum EntryError {
 }
 
 fn field_err(field: &'static str, reason: impl Into<String>) -> EntryError {
-    EntryError::Field {
-        field,
-        reason: reason.into(),
-    }
+    EntryError::Field { field, reason: reason.into() }
 }
 
 /// Checks the rules of an event kind name: dot-separated lowercase words.
@@ -224,10 +214,7 @@ impl Event {
             return Err(field_err("seq", "must be below 2^53"));
         }
         if !valid_kind(&self.draft.kind) {
-            return Err(field_err(
-                "kind",
-                "must be dot-separated lowercase words, at most 64 bytes",
-            ));
+            return Err(field_err("kind", "must be dot-separated lowercase words, at most 64 bytes"));
         }
         if self.draft.v == 0 || self.draft.v > 65_535 {
             return Err(field_err("v", "must be 1 to 65535"));
@@ -242,23 +229,15 @@ impl Event {
         let via = &self.draft.actor.via;
         if via.is_empty()
             || via.len() > 32
-            || !via
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !via.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(field_err(
-                "actor.via",
-                "must be 1 to 32 lowercase letters, digits or '-'",
-            ));
+            return Err(field_err("actor.via", "must be 1 to 32 lowercase letters, digits or '-'"));
         }
         if !matches!(self.draft.data, Json::Obj(_)) {
             return Err(field_err("data", "must be an object"));
         }
         // `data` is nested one level down in the event object.
-        self.draft
-            .data
-            .check_strict(1)
-            .map_err(|e| field_err("data", e.to_string()))?;
+        self.draft.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))?;
         if self.draft.kind == KIND_KEY_ROTATED {
             rotation_key(&self.draft.data, &self.log)?;
         }
@@ -272,10 +251,7 @@ impl Event {
 /// [`EntryError::Field`] when `data.new_key` is missing, malformed, weak, or
 /// not named after the log.
 pub fn rotation_key(data: &Json, log: &str) -> Result<VerifierKey, EntryError> {
-    let text = data
-        .get("new_key")
-        .and_then(Json::as_str)
-        .ok_or_else(|| field_err("data.new_key", "missing"))?;
+    let text = data.get("new_key").and_then(Json::as_str).ok_or_else(|| field_err("data.new_key", "missing"))?;
     let key = VerifierKey::parse(text).map_err(|e| field_err("data.new_key", e.to_string()))?;
     if key.name() != log {
         return Err(field_err("data.new_key", "the new key must be named after the log"));
@@ -327,17 +303,9 @@ impl ParsedEntry {
         };
         let expected = if new_key.is_some() { 2 } else { 1 };
         if note.signatures.len() != expected {
-            return Err(EntryError::SignatureCount {
-                found: note.signatures.len(),
-                expected,
-            });
+            return Err(EntryError::SignatureCount { found: note.signatures.len(), expected });
         }
-        Ok(ParsedEntry {
-            event,
-            signatures: note.signatures,
-            text_len: note.text.len(),
-            new_key,
-        })
+        Ok(ParsedEntry { event, signatures: note.signatures, text_len: note.text.len(), new_key })
     }
 }
 
@@ -347,19 +315,13 @@ fn event_from_json(json: &Json) -> Result<Event, EntryError> {
     };
     for (key, _) in members {
         if !EVENT_FIELDS.contains(&key.as_str()) {
-            return Err(EntryError::Field {
-                field: "event",
-                reason: format!("unknown field {key:?}"),
-            });
+            return Err(EntryError::Field { field: "event", reason: format!("unknown field {key:?}") });
         }
     }
     let get = |field: &'static str| json.get(field).ok_or_else(|| field_err(field, "missing"));
     let string = |field: &'static str| get(field)?.as_str().ok_or_else(|| field_err(field, "must be a string"));
     let integer = |field: &'static str| {
-        get(field)?
-            .as_i64()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| field_err(field, "must be a non-negative integer"))
+        get(field)?.as_i64().filter(|n| *n >= 0).ok_or_else(|| field_err(field, "must be a non-negative integer"))
     };
 
     let log = string("log")?.to_string();
@@ -377,19 +339,7 @@ fn event_from_json(json: &Json) -> Result<Event, EntryError> {
     let id = EventId::parse(string("id")?).ok_or_else(|| field_err("id", "must be 32 lowercase hex digits"))?;
     let actor = actor_from_json(get("actor")?)?;
     let data = get("data")?.clone();
-    Ok(Event {
-        log,
-        seq,
-        prev,
-        ts,
-        draft: EventDraft {
-            id,
-            kind,
-            v,
-            actor,
-            data,
-        },
-    })
+    Ok(Event { log, seq, prev, ts, draft: EventDraft { id, kind, v, actor, data } })
 }
 
 fn actor_from_json(json: &Json) -> Result<Actor, EntryError> {
@@ -398,36 +348,19 @@ fn actor_from_json(json: &Json) -> Result<Actor, EntryError> {
     };
     for (key, _) in members {
         if !["groups", "sub", "via"].contains(&key.as_str()) {
-            return Err(EntryError::Field {
-                field: "actor",
-                reason: format!("unknown field {key:?}"),
-            });
+            return Err(EntryError::Field { field: "actor", reason: format!("unknown field {key:?}") });
         }
     }
-    let sub = json
-        .get("sub")
-        .and_then(Json::as_str)
-        .ok_or_else(|| field_err("actor.sub", "must be a string"))?;
-    let via = json
-        .get("via")
-        .and_then(Json::as_str)
-        .ok_or_else(|| field_err("actor.via", "must be a string"))?;
+    let sub = json.get("sub").and_then(Json::as_str).ok_or_else(|| field_err("actor.sub", "must be a string"))?;
+    let via = json.get("via").and_then(Json::as_str).ok_or_else(|| field_err("actor.via", "must be a string"))?;
     let Some(Json::Arr(items)) = json.get("groups") else {
         return Err(field_err("actor.groups", "must be an array of strings"));
     };
     let groups = items
         .iter()
-        .map(|g| {
-            g.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| field_err("actor.groups", "must be an array of strings"))
-        })
+        .map(|g| g.as_str().map(str::to_string).ok_or_else(|| field_err("actor.groups", "must be an array of strings")))
         .collect::<Result<_, _>>()?;
-    Ok(Actor {
-        sub: sub.to_string(),
-        groups,
-        via: via.to_string(),
-    })
+    Ok(Actor { sub: sub.to_string(), groups, via: via.to_string() })
 }
 
 #[cfg(test)]
@@ -444,11 +377,7 @@ mod tests {
                 id: EventId([0xab; 16]),
                 kind: "request.created".into(),
                 v: 1,
-                actor: Actor {
-                    sub: "alice".into(),
-                    groups: vec!["web".into()],
-                    via: "token".into(),
-                },
+                actor: Actor { sub: "alice".into(), groups: vec!["web".into()], via: "token".into() },
                 data: Json::parse(br#"{"reason":"INC-4711: fix TLS host"}"#).unwrap(),
             },
         }
@@ -461,11 +390,7 @@ mod tests {
         let entry = event.sign(&[&signer]).unwrap();
         let parsed = ParsedEntry::parse(&entry).unwrap();
         assert_eq!(parsed.event, event);
-        assert!(
-            signer
-                .verifier()
-                .verify(&entry[..parsed.text_len], &parsed.signatures[0])
-        );
+        assert!(signer.verifier().verify(&entry[..parsed.text_len], &parsed.signatures[0]));
     }
 
     #[test]
@@ -475,9 +400,6 @@ mod tests {
         let spaced = text.replacen("{\"actor\":", "{ \"actor\":", 1);
         assert_eq!(ParsedEntry::parse(spaced.as_bytes()), Err(EntryError::NotCanonical));
         let extra = text.replacen("\"v\":1}", "\"v\":1,\"z\":0}", 1);
-        assert!(matches!(
-            ParsedEntry::parse(extra.as_bytes()),
-            Err(EntryError::Field { field: "event", .. })
-        ));
+        assert!(matches!(ParsedEntry::parse(extra.as_bytes()), Err(EntryError::Field { field: "event", .. })));
     }
 }

@@ -71,14 +71,7 @@ impl TileBuilder {
             let buffer = &mut pending[usize::from(tile_level)];
             buffer.push(*hash);
             if buffer.len() as u64 == TILE_WIDTH {
-                full_tile(
-                    Tile {
-                        level: tile_level,
-                        index: index / TILE_WIDTH,
-                        width: TILE_WIDTH,
-                    },
-                    buffer,
-                );
+                full_tile(Tile { level: tile_level, index: index / TILE_WIDTH, width: TILE_WIDTH }, buffer);
                 buffer.clear();
             }
         });
@@ -102,14 +95,7 @@ impl TileBuilder {
             .map(|(level, hashes)| {
                 let level = level as u8;
                 let per_tile = TILE_WIDTH.pow(u32::from(level) + 1);
-                (
-                    Tile {
-                        level,
-                        index: size / per_tile,
-                        width: hashes.len() as u64,
-                    },
-                    hashes.as_slice(),
-                )
+                (Tile { level, index: size / per_tile, width: hashes.len() as u64 }, hashes.as_slice())
             })
             .collect()
     }
@@ -123,6 +109,8 @@ pub enum ExportError {
     Entry { seq: u64, source: crate::event::EntryError },
     #[error("export directory {0} is not empty")]
     NotEmpty(PathBuf),
+    #[error("export range: {0}")]
+    Range(String),
 }
 
 /// Streams a ledger into an export directory.
@@ -131,13 +119,11 @@ pub struct ExportWriter {
     tiles: TileBuilder,
     bundle: Vec<Vec<u8>>,
     jsonl: BufWriter<fs::File>,
+    entries_pushed: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ExportError::Io { path: path.to_path_buf(), source }
 }
 
 fn write_file(dir: &Path, relative: &str, bytes: &[u8]) -> Result<(), ExportError> {
@@ -165,6 +151,7 @@ impl ExportWriter {
             tiles: TileBuilder::default(),
             bundle: Vec::new(),
             jsonl,
+            entries_pushed: false,
         })
     }
 
@@ -173,6 +160,9 @@ impl ExportWriter {
     /// # Errors
     /// An I/O failure writing a completed tile.
     pub fn push_hash_only(&mut self, leaf: Hash) -> Result<(), ExportError> {
+        if self.entries_pushed {
+            return Err(ExportError::Range("hash-only leaves must all come before the first exported entry".into()));
+        }
         self.push_leaf(leaf)
     }
 
@@ -193,6 +183,12 @@ impl ExportWriter {
     /// [`ExportError::Entry`] when the entry does not parse, or an I/O failure.
     pub fn push(&mut self, entry: Vec<u8>) -> Result<(), ExportError> {
         let seq = self.tiles.size();
+        if !self.entries_pushed && seq % TILE_WIDTH != 0 {
+            return Err(ExportError::Range(format!(
+                "a range export must start at a multiple of {TILE_WIDTH}, not {seq}"
+            )));
+        }
+        self.entries_pushed = true;
         let parsed = ParsedEntry::parse(&entry).map_err(|source| ExportError::Entry { seq, source })?;
         let leaf = leaf_hash(&entry);
         let line = jsonl_line(&parsed, &leaf);
@@ -212,11 +208,7 @@ impl ExportWriter {
         }
         let index = (self.tiles.size() - 1) / TILE_WIDTH;
         let tile = Tile { level: 0, index, width };
-        write_file(
-            &self.dir,
-            &tile.entries_path(),
-            &encode_bundle(self.bundle.iter().map(Vec::as_slice)),
-        )?;
+        write_file(&self.dir, &tile.entries_path(), &encode_bundle(self.bundle.iter().map(Vec::as_slice)))?;
         self.bundle.clear();
         Ok(())
     }

@@ -205,11 +205,9 @@ impl Json {
             }
             serde_json::Value::String(s) => Json::Str(s.clone()),
             serde_json::Value::Array(items) => Json::Arr(items.iter().map(Json::from_serde).collect::<Result<_, _>>()?),
-            serde_json::Value::Object(map) => Json::Obj(
-                map.iter()
-                    .map(|(k, v)| Ok((k.clone(), Json::from_serde(v)?)))
-                    .collect::<Result<_, _>>()?,
-            ),
+            serde_json::Value::Object(map) => {
+                Json::Obj(map.iter().map(|(k, v)| Ok((k.clone(), Json::from_serde(v)?))).collect::<Result<_, _>>()?)
+            }
         })
     }
 
@@ -265,10 +263,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, reason: JsonErrorReason) -> JsonError {
-        JsonError {
-            offset: self.pos,
-            reason,
-        }
+        JsonError { offset: self.pos, reason }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -359,10 +354,7 @@ impl Parser<'_> {
             }
             let key = self.string()?;
             if members.iter().any(|(k, _)| *k == key) {
-                return Err(JsonError {
-                    offset: key_offset,
-                    reason: JsonErrorReason::DuplicateKey(key),
-                });
+                return Err(JsonError { offset: key_offset, reason: JsonErrorReason::DuplicateKey(key) });
             }
             self.skip_whitespace();
             match self.peek() {
@@ -402,10 +394,7 @@ impl Parser<'_> {
             Some(_) => return Err(self.error(JsonErrorReason::InvalidNumber)),
         }
         if let Some(b'.' | b'e' | b'E') = self.peek() {
-            return Err(JsonError {
-                offset: start,
-                reason: JsonErrorReason::NotAnInteger,
-            });
+            return Err(JsonError { offset: start, reason: JsonErrorReason::NotAnInteger });
         }
         if let Some(b'0'..=b'9') = self.peek() {
             // A leading zero followed by more digits.
@@ -413,29 +402,20 @@ impl Parser<'_> {
         }
         let text = std::str::from_utf8(&self.input[start..self.pos])
             .map_err(|_| self.error(JsonErrorReason::InvalidNumber))?;
-        let n: i64 = text.parse().map_err(|_| JsonError {
-            offset: start,
-            reason: JsonErrorReason::IntegerOutOfRange,
-        })?;
+        let n: i64 =
+            text.parse().map_err(|_| JsonError { offset: start, reason: JsonErrorReason::IntegerOutOfRange })?;
         if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&n) {
-            return Err(JsonError {
-                offset: start,
-                reason: JsonErrorReason::IntegerOutOfRange,
-            });
+            return Err(JsonError { offset: start, reason: JsonErrorReason::IntegerOutOfRange });
         }
         Ok(Json::Int(n))
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
-        let digits = self
-            .input
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.error(JsonErrorReason::UnexpectedEnd))?;
+        let digits =
+            self.input.get(self.pos..self.pos + 4).ok_or_else(|| self.error(JsonErrorReason::UnexpectedEnd))?;
         let mut value = 0u32;
         for &d in digits {
-            let nibble = (d as char)
-                .to_digit(16)
-                .ok_or_else(|| self.error(JsonErrorReason::InvalidEscape))?;
+            let nibble = (d as char).to_digit(16).ok_or_else(|| self.error(JsonErrorReason::InvalidEscape))?;
             value = value * 16 + nibble;
         }
         self.pos += 4;
@@ -454,10 +434,8 @@ impl Parser<'_> {
                 }
                 self.pos += 1;
             }
-            let run = std::str::from_utf8(&self.input[run_start..self.pos]).map_err(|e| JsonError {
-                offset: run_start + e.valid_up_to(),
-                reason: JsonErrorReason::InvalidUtf8,
-            })?;
+            let run = std::str::from_utf8(&self.input[run_start..self.pos])
+                .map_err(|e| JsonError { offset: run_start + e.valid_up_to(), reason: JsonErrorReason::InvalidUtf8 })?;
             out.push_str(run);
             match self.peek() {
                 None => return Err(self.error(JsonErrorReason::UnexpectedEnd)),
@@ -519,16 +497,10 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_by_utf16_and_drops_whitespace() {
-        assert_eq!(
-            canonical(r#"{ "b": 1, "a": [true, null, "x"] }"#),
-            r#"{"a":[true,null,"x"],"b":1}"#
-        );
+        assert_eq!(canonical(r#"{ "b": 1, "a": [true, null, "x"] }"#), r#"{"a":[true,null,"x"],"b":1}"#);
         // U+1F600 (surrogate pair D83D..) sorts before U+FB01 in UTF-16 order,
         // although it sorts after it in UTF-8 byte order.
-        assert_eq!(
-            canonical("{\"\u{fb01}\":1,\"\u{1f600}\":2}"),
-            "{\"\u{1f600}\":2,\"\u{fb01}\":1}"
-        );
+        assert_eq!(canonical("{\"\u{fb01}\":1,\"\u{1f600}\":2}"), "{\"\u{1f600}\":2,\"\u{fb01}\":1}");
     }
 
     #[test]

@@ -26,32 +26,19 @@ impl PinnedKey {
         let s = s.trim();
         if let Some((key, range)) = s.rsplit_once('@') {
             if let Some((from, to)) = range.split_once('-') {
-                let from: u64 = from
-                    .parse()
-                    .map_err(|_| NoteError::MalformedKey("range start is not a number"))?;
+                let from: u64 = from.parse().map_err(|_| NoteError::MalformedKey("range start is not a number"))?;
                 let to: Option<u64> = if to.is_empty() {
                     None
                 } else {
-                    Some(
-                        to.parse()
-                            .map_err(|_| NoteError::MalformedKey("range end is not a number"))?,
-                    )
+                    Some(to.parse().map_err(|_| NoteError::MalformedKey("range end is not a number"))?)
                 };
                 if to.is_some_and(|to| to <= from) {
                     return Err(NoteError::MalformedKey("key range is empty"));
                 }
-                return Ok(PinnedKey {
-                    key: VerifierKey::parse(key)?,
-                    from,
-                    to,
-                });
+                return Ok(PinnedKey { key: VerifierKey::parse(key)?, from, to });
             }
         }
-        Ok(PinnedKey {
-            key: VerifierKey::parse(s)?,
-            from: 0,
-            to: None,
-        })
+        Ok(PinnedKey { key: VerifierKey::parse(s)?, from: 0, to: None })
     }
 
     pub fn covers(&self, seq: u64) -> bool {
@@ -72,9 +59,7 @@ impl KeySet {
 
     /// A key set trusting one key for every sequence number.
     pub fn single(key: VerifierKey) -> KeySet {
-        KeySet {
-            keys: vec![PinnedKey { key, from: 0, to: None }],
-        }
+        KeySet { keys: vec![PinnedKey { key, from: 0, to: None }] }
     }
 
     /// The pinned keys that may sign at `seq`.

@@ -146,10 +146,7 @@ pub fn range_hash<R: HashReader + ?Sized>(reader: &R, start: u64, end: u64) -> R
         return reader.node(n.trailing_zeros() as u8, start / n);
     }
     let k = split_point(n);
-    Ok(node_hash(
-        &range_hash(reader, start, start + k)?,
-        &range_hash(reader, start + k, end)?,
-    ))
+    Ok(node_hash(&range_hash(reader, start, start + k)?, &range_hash(reader, start + k, end)?))
 }
 
 /// Errors of proof generation.

@@ -160,11 +160,7 @@ impl VerifierKey {
         if key.is_weak() {
             return Err(NoteError::WeakKey);
         }
-        Ok(VerifierKey {
-            name: name.to_string(),
-            key_id: key_id(name, key.as_bytes()),
-            key,
-        })
+        Ok(VerifierKey { name: name.to_string(), key_id: key_id(name, key.as_bytes()), key })
     }
 
     /// Parses `<name>+<hex key ID>+<base64(0x01 || public key)>`.
@@ -182,13 +178,9 @@ impl VerifierKey {
             return Err(NoteError::MalformedKey("key id must be 8 lowercase hex digits"));
         }
         let id = u32::from_str_radix(id, 16).map_err(|_| NoteError::MalformedKey("key id is not hex"))?;
-        let raw = B64
-            .decode(key)
-            .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
+        let raw = B64.decode(key).map_err(|_| NoteError::MalformedKey("key is not base64"))?;
         if raw.len() != 33 || raw[0] != ALG_ED25519 {
-            return Err(NoteError::MalformedKey(
-                "key is not an Ed25519 (type 0x01) key of 32 bytes",
-            ));
+            return Err(NoteError::MalformedKey("key is not an Ed25519 (type 0x01) key of 32 bytes"));
         }
         let bytes: [u8; 32] = raw[1..].try_into().map_err(|_| NoteError::MalformedKey("key length"))?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| NoteError::MalformedKey("not a valid Ed25519 point"))?;
@@ -219,10 +211,7 @@ impl VerifierKey {
     /// Verifies one signature over `text` strictly (RFC 8032 with canonical
     /// encodings and no small-order components).
     pub fn verify(&self, text: &[u8], signature: &NoteSignature) -> bool {
-        self.matches(signature)
-            && signature
-                .ed25519()
-                .is_some_and(|sig| self.key.verify_strict(text, &sig).is_ok())
+        self.matches(signature) && signature.ed25519().is_some_and(|sig| self.key.verify_strict(text, &sig).is_ok())
     }
 }
 
@@ -244,9 +233,7 @@ pub struct SignerKey {
 impl std::fmt::Debug for SignerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private key.
-        f.debug_struct("SignerKey")
-            .field("verifier", &self.verifier.to_string())
-            .finish()
+        f.debug_struct("SignerKey").field("verifier", &self.verifier.to_string()).finish()
     }
 }
 
@@ -259,11 +246,7 @@ impl SignerKey {
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Self, NoteError> {
         let key = SigningKey::from_bytes(seed);
         let verifier = VerifierKey::new(name, key.verifying_key())?;
-        Ok(SignerKey {
-            name: name.to_string(),
-            key,
-            verifier,
-        })
+        Ok(SignerKey { name: name.to_string(), key, verifier })
     }
 
     /// A new random key from the operating system's generator.
@@ -294,13 +277,9 @@ impl SignerKey {
             return Err(NoteError::MalformedKey("key id must be 8 lowercase hex digits"));
         }
         let id = u32::from_str_radix(id, 16).map_err(|_| NoteError::MalformedKey("key id is not hex"))?;
-        let raw = B64
-            .decode(key)
-            .map_err(|_| NoteError::MalformedKey("key is not base64"))?;
+        let raw = B64.decode(key).map_err(|_| NoteError::MalformedKey("key is not base64"))?;
         if raw.len() != 33 || raw[0] != ALG_ED25519 {
-            return Err(NoteError::MalformedKey(
-                "key is not an Ed25519 (type 0x01) seed of 32 bytes",
-            ));
+            return Err(NoteError::MalformedKey("key is not an Ed25519 (type 0x01) seed of 32 bytes"));
         }
         let seed: [u8; 32] = raw[1..].try_into().map_err(|_| NoteError::MalformedKey("key length"))?;
         let signer = Self::from_seed(name, &seed)?;
@@ -314,12 +293,7 @@ impl SignerKey {
     pub fn to_private_string(&self) -> String {
         let mut raw = vec![ALG_ED25519];
         raw.extend_from_slice(self.key.as_bytes());
-        format!(
-            "PRIVATE+KEY+{}+{:08x}+{}",
-            self.name,
-            self.verifier.key_id,
-            B64.encode(raw)
-        )
+        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.verifier.key_id, B64.encode(raw))
     }
 
     pub fn name(&self) -> &str {
@@ -403,14 +377,8 @@ mod tests {
             .map(|i| SignerKey::from_seed("example.com/log", &[i; 32]).unwrap())
             .find(|k| k.to_private_string().rsplit('+').next().is_some_and(|b| b.len() < 40))
             .expect("some seed gives a key whose base64 has a '+'");
-        assert_eq!(
-            SignerKey::parse(&with_plus.to_private_string()).unwrap().verifier(),
-            with_plus.verifier()
-        );
-        assert_eq!(
-            VerifierKey::parse(&with_plus.verifier().to_string()).unwrap(),
-            *with_plus.verifier()
-        );
+        assert_eq!(SignerKey::parse(&with_plus.to_private_string()).unwrap().verifier(), with_plus.verifier());
+        assert_eq!(VerifierKey::parse(&with_plus.verifier().to_string()).unwrap(), *with_plus.verifier());
     }
 
     #[test]

@@ -42,12 +42,7 @@ pub enum ProofFileError {
     #[error("the proof file carries no entry (no extra line)")]
     NoEntry,
     #[error("the entry says seq {found} and log {log:?}, but the proof is for index {index} of {origin:?}")]
-    EntryMismatch {
-        found: u64,
-        log: String,
-        index: u64,
-        origin: String,
-    },
+    EntryMismatch { found: u64, log: String, index: u64, origin: String },
     #[error("no pinned key signed the checkpoint at size {0}")]
     CheckpointKey(u64),
     #[error("the entry's signature is not by a pinned key valid at seq {0}, or does not verify")]
@@ -79,9 +74,8 @@ impl ProofFile {
     /// [`ProofFileError::Malformed`] naming the bad part.
     pub fn parse(input: &[u8]) -> Result<ProofFile, ProofFileError> {
         let text = std::str::from_utf8(input).map_err(|_| ProofFileError::Malformed("not UTF-8"))?;
-        let (head, checkpoint) = text
-            .split_once("\n\n")
-            .ok_or(ProofFileError::Malformed("no blank line before the checkpoint"))?;
+        let (head, checkpoint) =
+            text.split_once("\n\n").ok_or(ProofFileError::Malformed("no blank line before the checkpoint"))?;
         let mut lines = head.split('\n');
         if lines.next() != Some(PROOF_HEADER) {
             return Err(ProofFileError::Malformed("first line is not c2sp.org/tlog-proof@v1"));
@@ -89,15 +83,10 @@ impl ProofFile {
         let mut line = lines.next().ok_or(ProofFileError::Malformed("no index line"))?;
         let mut extra = None;
         if let Some(data) = line.strip_prefix("extra ") {
-            extra = Some(
-                B64.decode(data)
-                    .map_err(|_| ProofFileError::Malformed("extra is not base64"))?,
-            );
+            extra = Some(B64.decode(data).map_err(|_| ProofFileError::Malformed("extra is not base64"))?);
             line = lines.next().ok_or(ProofFileError::Malformed("no index line"))?;
         }
-        let index_text = line
-            .strip_prefix("index ")
-            .ok_or(ProofFileError::Malformed("expected an index line"))?;
+        let index_text = line.strip_prefix("index ").ok_or(ProofFileError::Malformed("expected an index line"))?;
         let index_ok = !index_text.is_empty()
             && index_text.bytes().all(|b| b.is_ascii_digit())
             && (index_text == "0" || !index_text.starts_with('0'));
@@ -105,9 +94,7 @@ impl ProofFile {
             .parse()
             .ok()
             .filter(|_| index_ok)
-            .ok_or(ProofFileError::Malformed(
-                "index is not a decimal number without leading zeroes",
-            ))?;
+            .ok_or(ProofFileError::Malformed("index is not a decimal number without leading zeroes"))?;
         let proof = lines
             .map(|l| {
                 B64.decode(l)
@@ -117,12 +104,7 @@ impl ProofFile {
                     .ok_or(ProofFileError::Malformed("a proof line is not the base64 of 32 bytes"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ProofFile {
-            extra,
-            index,
-            proof,
-            checkpoint: checkpoint.as_bytes().to_vec(),
-        })
+        Ok(ProofFile { extra, index, proof, checkpoint: checkpoint.as_bytes().to_vec() })
     }
 
     /// Verifies the file against pinned keys: the checkpoint's signature, the
@@ -148,9 +130,8 @@ impl ProofFile {
             });
         }
         let text = &entry[..parsed.text_len];
-        let signed = keys
-            .candidates(self.index)
-            .any(|key| key.verify(text, &parsed.signatures[0]));
+        let signed =
+            keys.candidates(self.index).any(|key| key.name() == origin && key.verify(text, &parsed.signatures[0]));
         if !signed {
             return Err(ProofFileError::EntrySignature(self.index));
         }
@@ -161,10 +142,7 @@ impl ProofFile {
             &self.proof,
             &checkpoint.checkpoint.root,
         )?;
-        Ok(VerifiedProof {
-            entry: parsed,
-            checkpoint: checkpoint.checkpoint,
-        })
+        Ok(VerifiedProof { entry: parsed, checkpoint: checkpoint.checkpoint })
     }
 }
 

@@ -30,13 +30,7 @@ pub fn index_path(index: u64) -> String {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, g)| {
-            if i < last {
-                format!("x{g:03}")
-            } else {
-                format!("{g:03}")
-            }
-        })
+        .map(|(i, g)| if i < last { format!("x{g:03}") } else { format!("{g:03}") })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -61,12 +55,7 @@ fn three_digits(s: &str) -> Option<u64> {
 impl Tile {
     /// The path of this hash tile, relative to the log prefix.
     pub fn path(&self) -> String {
-        format!(
-            "tile/{}/{}{}",
-            self.level,
-            index_path(self.index),
-            self.partial_suffix()
-        )
+        format!("tile/{}/{}{}", self.level, index_path(self.index), self.partial_suffix())
     }
 
     /// The path of the entry bundle with this tile's index and width (level 0 only).
@@ -75,11 +64,7 @@ impl Tile {
     }
 
     fn partial_suffix(&self) -> String {
-        if self.width < TILE_WIDTH {
-            format!(".p/{}", self.width)
-        } else {
-            String::new()
-        }
+        if self.width < TILE_WIDTH { format!(".p/{}", self.width) } else { String::new() }
     }
 
     /// The tree level of the hashes this tile holds.
@@ -95,18 +80,10 @@ impl Tile {
         while hashes > 0 {
             let full = hashes / TILE_WIDTH;
             for index in 0..full {
-                tiles.push(Tile {
-                    level,
-                    index,
-                    width: TILE_WIDTH,
-                });
+                tiles.push(Tile { level, index, width: TILE_WIDTH });
             }
             if hashes % TILE_WIDTH > 0 {
-                tiles.push(Tile {
-                    level,
-                    index: full,
-                    width: hashes % TILE_WIDTH,
-                });
+                tiles.push(Tile { level, index: full, width: hashes % TILE_WIDTH });
             }
             hashes /= TILE_WIDTH;
             level += 1;
@@ -187,24 +164,10 @@ mod tests {
     fn paths_follow_the_spec_examples() {
         assert_eq!(index_path(1_234_067), "x001/x234/067");
         assert_eq!(index_path(0), "000");
-        let tile = Tile {
-            level: 1,
-            index: 1_234_067,
-            width: 17,
-        };
+        let tile = Tile { level: 1, index: 1_234_067, width: 17 };
         assert_eq!(tile.path(), "tile/1/x001/x234/067.p/17");
         assert_eq!(Tile::parse_path(&tile.path()), Some((tile, false)));
-        assert_eq!(
-            Tile::parse_path("tile/entries/000"),
-            Some((
-                Tile {
-                    level: 0,
-                    index: 0,
-                    width: 256
-                },
-                true
-            ))
-        );
+        assert_eq!(Tile::parse_path("tile/entries/000"), Some((Tile { level: 0, index: 0, width: 256 }, true)));
         assert_eq!(Tile::parse_path("tile/0/x000/001"), None);
         assert_eq!(Tile::parse_path("tile/0/000.p/256"), None);
         assert_eq!(Tile::parse_path("tile/01/000"), None);
@@ -213,24 +176,12 @@ mod tests {
     #[test]
     fn tree_of_70000_has_the_tiles_the_spec_lists() {
         let tiles = Tile::all_for_size(70_000);
-        let count = |level: u8, partial: bool| {
-            tiles
-                .iter()
-                .filter(|t| t.level == level && (t.width < 256) == partial)
-                .count()
-        };
+        let count =
+            |level: u8, partial: bool| tiles.iter().filter(|t| t.level == level && (t.width < 256) == partial).count();
         assert_eq!((count(0, false), count(0, true)), (273, 1));
         assert_eq!((count(1, false), count(1, true)), (1, 1));
         assert_eq!((count(2, false), count(2, true)), (0, 1));
-        assert!(tiles.contains(&Tile {
-            level: 0,
-            index: 273,
-            width: 112
-        }));
-        assert!(tiles.contains(&Tile {
-            level: 1,
-            index: 1,
-            width: 17
-        }));
+        assert!(tiles.contains(&Tile { level: 0, index: 273, width: 112 }));
+        assert!(tiles.contains(&Tile { level: 1, index: 1, width: 17 }));
     }
 }

@@ -22,9 +22,7 @@ impl Timestamp {
 
     pub fn from_unix_micros(micros: i64) -> Option<Timestamp> {
         // Years 1970..=9999 keep the four-digit year of the fixed format.
-        (0..=253_402_300_799_999_999)
-            .contains(&micros)
-            .then_some(Timestamp(micros))
+        (0..=253_402_300_799_999_999).contains(&micros).then_some(Timestamp(micros))
     }
 
     pub fn unix_micros(self) -> i64 {
@@ -78,9 +76,7 @@ impl Timestamp {
             return Err(err());
         }
         let days = days_from_civil(year, month, day);
-        Ok(Timestamp(
-            (days * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micro,
-        ))
+        Ok(Timestamp((days * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second) * MICROS_PER_SECOND + micro))
     }
 }
 
@@ -91,13 +87,7 @@ impl fmt::Display for Timestamp {
         let days = seconds.div_euclid(SECONDS_PER_DAY);
         let rem = seconds.rem_euclid(SECONDS_PER_DAY);
         let (year, month, day) = civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        write!(f, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 }
 
@@ -148,10 +138,7 @@ mod tests {
         assert_eq!(t.unix_micros(), 1_795_837_480_123_456);
         assert_eq!(t.to_string(), "2026-11-28T03:44:40.123456Z");
         assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            Timestamp::parse("2024-02-29T23:59:59.999999Z").unwrap().to_string(),
-            "2024-02-29T23:59:59.999999Z"
-        );
+        assert_eq!(Timestamp::parse("2024-02-29T23:59:59.999999Z").unwrap().to_string(), "2024-02-29T23:59:59.999999Z");
     }
 
     #[test]

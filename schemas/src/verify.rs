@@ -93,12 +93,7 @@ pub struct Failure {
 }
 
 fn fail<T>(check: Check, seq: Option<u64>, path: Option<&str>, reason: impl Into<String>) -> Result<T, Failure> {
-    Err(Failure {
-        check,
-        seq,
-        path: path.map(str::to_string),
-        reason: reason.into(),
-    })
+    Err(Failure { check, seq, path: path.map(str::to_string), reason: reason.into() })
 }
 
 /// What a successful verification established.
@@ -133,8 +128,9 @@ pub struct Options<'a> {
 struct WorkedEntry {
     parsed: Result<ParsedEntry, EntryError>,
     leaf: Hash,
-    /// Per signature line: `Some(true)` verified, `Some(false)` failed, `None` not yet checked.
-    signature_ok: Vec<Option<bool>>,
+    /// Per signature line: the public key it was checked against and the
+    /// verdict, or `None` when its key was not known to the worker.
+    signature_ok: Vec<Option<([u8; 32], bool)>>,
     entry: Vec<u8>,
 }
 
@@ -165,16 +161,8 @@ fn read_bundle(dir: &Path, tile: Tile, candidates: &RwLock<Vec<VerifierKey>>) ->
                     }
                 }
             }
-            let signature_ok = parsed
-                .as_ref()
-                .map(|p| vec![None; p.signatures.len()])
-                .unwrap_or_default();
-            WorkedEntry {
-                leaf: leaf_hash(entry),
-                parsed,
-                signature_ok,
-                entry: entry.to_vec(),
-            }
+            let signature_ok = parsed.as_ref().map(|p| vec![None; p.signatures.len()]).unwrap_or_default();
+            WorkedEntry { leaf: leaf_hash(entry), parsed, signature_ok, entry: entry.to_vec() }
         })
         .collect();
     batch_verify(&mut worked, &candidates.read().unwrap_or_else(|e| e.into_inner()));
@@ -208,7 +196,7 @@ fn batch_verify(worked: &mut [WorkedEntry], keys: &[VerifierKey]) {
             let parsed = w.parsed.as_ref().ok();
             parsed.is_some_and(|p| key.verify(&w.entry[..p.text_len], &p.signatures[j]))
         };
-        worked[i].signature_ok[j] = Some(ok);
+        worked[i].signature_ok[j] = Some((key.verifying_key().to_bytes(), ok));
     }
 }
 
@@ -270,12 +258,7 @@ impl Walk<'_> {
             );
         }
         if event.prev != self.prev {
-            return fail(
-                Check::PrevHash,
-                Some(seq),
-                None,
-                "prev is not the leaf hash of the previous entry",
-            );
+            return fail(Check::PrevHash, Some(seq), None, "prev is not the leaf hash of the previous entry");
         }
         if self.last_ts.is_some_and(|last| event.ts < last) {
             return fail(
@@ -301,7 +284,7 @@ impl Walk<'_> {
                 let Some(key) = self
                     .keys
                     .candidates(seq)
-                    .find(|k| k.matches(&parsed.signatures[0]))
+                    .find(|k| k.matches(&parsed.signatures[0]) && k.name() == self.origin)
                     .cloned()
                 else {
                     return fail(
@@ -316,14 +299,7 @@ impl Walk<'_> {
                 key
             }
         };
-        check_signature(
-            &current,
-            text,
-            &parsed,
-            0,
-            worked.signature_ok.first().copied().flatten(),
-            seq,
-        )?;
+        check_signature(&current, text, &parsed, 0, worked.signature_ok.first().copied().flatten(), seq)?;
         if !self.keys.permits(&current, seq) {
             return fail(
                 Check::KeyNotInForce,
@@ -333,14 +309,7 @@ impl Walk<'_> {
             );
         }
         if let Some(new_key) = &parsed.new_key {
-            check_signature(
-                new_key,
-                text,
-                &parsed,
-                1,
-                worked.signature_ok.get(1).copied().flatten(),
-                seq,
-            )?;
+            check_signature(new_key, text, &parsed, 1, worked.signature_ok.get(1).copied().flatten(), seq)?;
             self.key_history.push((new_key.clone(), seq + 1));
             self.current_key = Some(new_key.clone());
         }
@@ -349,12 +318,7 @@ impl Walk<'_> {
             match lines.next() {
                 Some(Ok(line)) if line == expected => {}
                 Some(Ok(_)) => {
-                    return fail(
-                        Check::Jsonl,
-                        Some(seq),
-                        Some(JSONL_FILE),
-                        "line does not match the entry",
-                    );
+                    return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line does not match the entry");
                 }
                 _ => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line missing"),
             }
@@ -374,7 +338,7 @@ fn check_signature(
     text: &[u8],
     parsed: &ParsedEntry,
     line: usize,
-    precomputed: Option<bool>,
+    precomputed: Option<([u8; 32], bool)>,
     seq: u64,
 ) -> Result<(), Failure> {
     let signature = &parsed.signatures[line];
@@ -392,14 +356,14 @@ fn check_signature(
             ),
         );
     }
-    let ok = precomputed.unwrap_or_else(|| key.verify(text, signature));
+    // A worker's verdict counts only if it was reached with this very key
+    // (a name and 32-bit key ID can collide).
+    let ok = match precomputed {
+        Some((checked_with, ok)) if checked_with == key.verifying_key().to_bytes() => ok,
+        _ => key.verify(text, signature),
+    };
     if !ok {
-        return fail(
-            Check::Signature,
-            Some(seq),
-            None,
-            format!("signature by {key} does not verify"),
-        );
+        return fail(Check::Signature, Some(seq), None, format!("signature by {key} does not verify"));
     }
     Ok(())
 }
@@ -408,12 +372,7 @@ fn compare_tile(dir: &Path, tile: Tile, hashes: &[Hash]) -> Result<(), Failure> 
     let path = tile.path();
     match fs::read(dir.join(&path)) {
         Ok(bytes) if bytes == hashes.concat() => Ok(()),
-        Ok(_) => fail(
-            Check::Tile,
-            None,
-            Some(&path),
-            "tile does not match the hashes recomputed from the entries",
-        ),
+        Ok(_) => fail(Check::Tile, None, Some(&path), "tile does not match the hashes recomputed from the entries"),
         Err(e) => fail(Check::Layout, None, Some(&path), format!("cannot read tile: {e}")),
     }
 }
@@ -435,13 +394,8 @@ fn list_files(dir: &Path) -> Result<Vec<String>, Failure> {
                 stack.push(path);
             } else {
                 let relative = path.strip_prefix(dir).unwrap_or(&path);
-                files.push(
-                    relative
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                );
+                files
+                    .push(relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
             }
         }
     }
@@ -470,25 +424,14 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
                     Check::Anchor,
                     None,
                     Some("anchor"),
-                    format!(
-                        "anchor is for log {:?}, not {:?}",
-                        anchor.checkpoint.origin, checkpoint.origin
-                    ),
+                    format!("anchor is for log {:?}, not {:?}", anchor.checkpoint.origin, checkpoint.origin),
                 );
             }
             if anchor.checkpoint.size > size {
                 // The anchor's signature is checked below only when its size is covered.
-                let key_ok = options
-                    .keys
-                    .candidates(anchor.checkpoint.size)
-                    .any(|k| anchor.verify(k).is_ok());
+                let key_ok = options.keys.candidates(anchor.checkpoint.size).any(|k| anchor.verify(k).is_ok());
                 if !key_ok {
-                    return fail(
-                        Check::Anchor,
-                        None,
-                        Some("anchor"),
-                        "anchor is not signed by a pinned key",
-                    );
+                    return fail(Check::Anchor, None, Some("anchor"), "anchor is not signed by a pinned key");
                 }
                 return fail(
                     Check::Truncation,
@@ -518,10 +461,8 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
             return fail(Check::Layout, None, Some(&tile.path()), "hash tile is missing");
         }
     }
-    let first_bundle = bundles
-        .iter()
-        .position(|b| present_set.contains(b.entries_path().as_str()))
-        .unwrap_or(bundles.len());
+    let first_bundle =
+        bundles.iter().position(|b| present_set.contains(b.entries_path().as_str())).unwrap_or(bundles.len());
     if first_bundle > 0 && !options.allow_partial {
         let missing = bundles[0];
         return fail(
@@ -534,12 +475,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     for bundle in &bundles[first_bundle..] {
         let path = bundle.entries_path();
         if !present_set.contains(path.as_str()) {
-            return fail(
-                Check::EntryMissing,
-                Some(bundle.index * TILE_WIDTH),
-                Some(&path),
-                "entry bundle is missing",
-            );
+            return fail(Check::EntryMissing, Some(bundle.index * TILE_WIDTH), Some(&path), "entry bundle is missing");
         }
         expected.insert(path);
     }
@@ -593,9 +529,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     }
 
     // 2-4. The entries, parsed and signature-checked in parallel, checked in order.
-    let candidates = Arc::new(RwLock::new(
-        options.keys.keys.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
-    ));
+    let candidates = Arc::new(RwLock::new(options.keys.keys.iter().map(|p| p.key.clone()).collect::<Vec<_>>()));
     let work: Vec<Tile> = bundles[first_bundle..].to_vec();
     let threads = options.threads.max(1);
     let window = threads * 4;
@@ -672,13 +606,8 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     }
 
     // 6. The checkpoint's signature, by the key in force at its size.
-    let key_at = |n: u64| -> Option<&VerifierKey> {
-        walk.key_history
-            .iter()
-            .rev()
-            .find(|(_, from)| *from <= n)
-            .map(|(k, _)| k)
-    };
+    let key_at =
+        |n: u64| -> Option<&VerifierKey> { walk.key_history.iter().rev().find(|(_, from)| *from <= n).map(|(k, _)| k) };
     let checkpoint_key_ok = match key_at(size) {
         Some(key) => signed.verify(key).is_ok() && options.keys.permits(key, size),
         None => options.keys.candidates(size).any(|k| signed.verify(k).is_ok()),
@@ -700,12 +629,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
             None => options.keys.candidates(anchor_size).any(|k| anchor.verify(k).is_ok()),
         };
         if !key_ok {
-            return fail(
-                Check::Anchor,
-                None,
-                Some("anchor"),
-                "anchor is not signed by the key in force at its size",
-            );
+            return fail(Check::Anchor, None, Some("anchor"), "anchor is not signed by the key in force at its size");
         }
         if walk.root_at_anchor != Some(anchor.checkpoint.root) {
             return fail(
@@ -723,11 +647,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
         checkpoint,
         first_entry: first_bundle as u64 * TILE_WIDTH,
         entries_verified: walk.verified,
-        keys: walk
-            .key_history
-            .iter()
-            .map(|(k, from)| (k.to_string(), *from))
-            .collect(),
+        keys: walk.key_history.iter().map(|(k, from)| (k.to_string(), *from)).collect(),
         first_ts: walk.first_ts.clone(),
         last_ts: walk.last_ts.map(|t| t.to_string()),
         anchor_size: anchor.map(|a| a.checkpoint.size),

@@ -46,10 +46,7 @@ fn parse_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
         .parse()
         .ok()
         .filter(|_| ok)
-        .ok_or_else(|| ApiError::InvalidParameter {
-            name,
-            reason: format!("{value:?} is not a non-negative integer"),
-        })
+        .ok_or_else(|| ApiError::InvalidParameter { name, reason: format!("{value:?} is not a non-negative integer") })
 }
 
 /// Parses a query string strictly: only the named parameters, each at most once.
@@ -59,16 +56,10 @@ fn query_params(raw: Option<String>, allowed: &[&'static str]) -> Result<Vec<(&'
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let Some(name) = allowed.iter().find(|a| **a == key) else {
-            return Err(ApiError::InvalidParameter {
-                name: "query",
-                reason: format!("unknown parameter {key:?}"),
-            });
+            return Err(ApiError::InvalidParameter { name: "query", reason: format!("unknown parameter {key:?}") });
         };
         if out.iter().any(|(n, _)| n == name) {
-            return Err(ApiError::InvalidParameter {
-                name,
-                reason: "given more than once".into(),
-            });
+            return Err(ApiError::InvalidParameter { name, reason: "given more than once".into() });
         }
         out.push((name, value.to_string()));
     }
@@ -79,10 +70,7 @@ fn required(params: &[(&'static str, String)], name: &'static str) -> Result<u64
     let value = params
         .iter()
         .find(|(n, _)| *n == name)
-        .ok_or_else(|| ApiError::InvalidParameter {
-            name,
-            reason: "required".into(),
-        })?;
+        .ok_or_else(|| ApiError::InvalidParameter { name, reason: "required".into() })?;
     parse_u64(name, &value.1)
 }
 
@@ -93,9 +81,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): AppStateRef) -> Result<&'static str, ApiError> {
     let store = Arc::clone(state.ledger.store());
     blocking(move || {
-        store
-            .size()
-            .map_err(|e| ApiError::Unavailable(format!("the ledger store is not readable: {e}")))?;
+        store.size().map_err(|e| ApiError::Unavailable(format!("the ledger store is not readable: {e}")))?;
         Ok(())
     })
     .await?;
@@ -116,10 +102,8 @@ async fn tile(State(state): AppStateRef, Path(path): Path<String>) -> Result<Res
     let size = state.ledger.head().size;
     let store = Arc::clone(state.ledger.store());
     let hashes_at_level = size >> (u32::from(tile.level) * u32::from(TILE_HEIGHT));
-    let start = tile
-        .index
-        .checked_mul(TILE_WIDTH)
-        .ok_or_else(|| ApiError::NotFound(format!("{full} does not exist")))?;
+    let start =
+        tile.index.checked_mul(TILE_WIDTH).ok_or_else(|| ApiError::NotFound(format!("{full} does not exist")))?;
     if start.saturating_add(tile.width) > hashes_at_level {
         return Err(ApiError::NotFound(format!("{full} does not exist at tree size {size}")));
     }
@@ -163,10 +147,7 @@ async fn summary(State(state): AppStateRef) -> Result<Response, ApiError> {
 async fn keys(State(state): AppStateRef) -> Result<Response, ApiError> {
     let store = Arc::clone(state.ledger.store());
     let keys = blocking(move || Ok(store.keys()?)).await?;
-    let body: Vec<_> = keys
-        .iter()
-        .map(|k| serde_json::json!({"vkey": k.vkey, "from_seq": k.from_seq}))
-        .collect();
+    let body: Vec<_> = keys.iter().map(|k| serde_json::json!({"vkey": k.vkey, "from_seq": k.from_seq})).collect();
     Ok(axum::Json(serde_json::json!({ "keys": body })).into_response())
 }
 
@@ -181,23 +162,10 @@ async fn entries(State(state): AppStateRef, RawQuery(raw): RawQuery) -> Result<R
         cursor: params.iter().find(|(n, _)| *n == "cursor").map(|(_, v)| v.clone()),
         limit: params.iter().find(|(n, _)| *n == "limit").map(|(_, v)| v.clone()),
     };
-    let from = query
-        .cursor
-        .as_deref()
-        .map(|c| parse_u64("cursor", c))
-        .transpose()?
-        .unwrap_or(0);
-    let limit = query
-        .limit
-        .as_deref()
-        .map(|l| parse_u64("limit", l))
-        .transpose()?
-        .unwrap_or(100);
+    let from = query.cursor.as_deref().map(|c| parse_u64("cursor", c)).transpose()?.unwrap_or(0);
+    let limit = query.limit.as_deref().map(|l| parse_u64("limit", l)).transpose()?.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::InvalidParameter {
-            name: "limit",
-            reason: format!("must be 1 to {MAX_PAGE}"),
-        });
+        return Err(ApiError::InvalidParameter { name: "limit", reason: format!("must be 1 to {MAX_PAGE}") });
     }
     let size = state.ledger.head().size;
     let store = Arc::clone(state.ledger.store());
@@ -226,15 +194,11 @@ async fn entry(State(state): AppStateRef, Path(seq): Path<String>) -> Result<Res
     let seq = parse_u64("seq", &seq)?;
     let size = state.ledger.head().size;
     if seq >= size {
-        return Err(ApiError::NotFound(format!(
-            "entry {seq} does not exist; the ledger holds {size} entries"
-        )));
+        return Err(ApiError::NotFound(format!("entry {seq} does not exist; the ledger holds {size} entries")));
     }
     let store = Arc::clone(state.ledger.store());
     let mut rows = blocking(move || Ok(store.entries(seq, 1)?)).await?;
-    let entry = rows
-        .pop()
-        .ok_or_else(|| ApiError::NotFound(format!("entry {seq} does not exist")))?;
+    let entry = rows.pop().ok_or_else(|| ApiError::NotFound(format!("entry {seq} does not exist")))?;
     Ok(text(String::from_utf8_lossy(&entry).into_owned()))
 }
 
@@ -243,16 +207,10 @@ async fn inclusion(State(state): AppStateRef, RawQuery(raw): RawQuery) -> Result
     let (index, size) = (required(&params, "index")?, required(&params, "size")?);
     let head = state.ledger.head().size;
     if size > head {
-        return Err(ApiError::InvalidParameter {
-            name: "size",
-            reason: format!("the ledger holds {head} entries"),
-        });
+        return Err(ApiError::InvalidParameter { name: "size", reason: format!("the ledger holds {head} entries") });
     }
     if index >= size {
-        return Err(ApiError::InvalidParameter {
-            name: "index",
-            reason: format!("must be below size {size}"),
-        });
+        return Err(ApiError::InvalidParameter { name: "index", reason: format!("must be below size {size}") });
     }
     let store = Arc::clone(state.ledger.store());
     let (hashes, root) = blocking(move || {
@@ -276,16 +234,10 @@ async fn consistency(State(state): AppStateRef, RawQuery(raw): RawQuery) -> Resu
     let (old, new) = (required(&params, "old")?, required(&params, "new")?);
     let head = state.ledger.head().size;
     if new > head {
-        return Err(ApiError::InvalidParameter {
-            name: "new",
-            reason: format!("the ledger holds {head} entries"),
-        });
+        return Err(ApiError::InvalidParameter { name: "new", reason: format!("the ledger holds {head} entries") });
     }
     if old == 0 || old > new {
-        return Err(ApiError::InvalidParameter {
-            name: "old",
-            reason: format!("must be 1 to new ({new})"),
-        });
+        return Err(ApiError::InvalidParameter { name: "old", reason: format!("must be 1 to new ({new})") });
     }
     let store = Arc::clone(state.ledger.store());
     let hashes = blocking(move || {
@@ -305,9 +257,7 @@ async fn evidence(State(state): AppStateRef, Path(seq): Path<String>) -> Result<
     let seq = parse_u64("seq", &seq)?;
     let head = state.ledger.head().size;
     if seq >= head {
-        return Err(ApiError::NotFound(format!(
-            "entry {seq} does not exist; the ledger holds {head} entries"
-        )));
+        return Err(ApiError::NotFound(format!("entry {seq} does not exist; the ledger holds {head} entries")));
     }
     let store = Arc::clone(state.ledger.store());
     let latest = {
@@ -320,17 +270,10 @@ async fn evidence(State(state): AppStateRef, Path(seq): Path<String>) -> Result<
     };
     let file = blocking(move || {
         let mut rows = store.entries(seq, 1)?;
-        let entry = rows
-            .pop()
-            .ok_or_else(|| ApiError::NotFound(format!("entry {seq} does not exist")))?;
+        let entry = rows.pop().ok_or_else(|| ApiError::NotFound(format!("entry {seq} does not exist")))?;
         let proof = merkle::inclusion_proof(&NodeReader(store.as_ref()), seq, size)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(ProofFile {
-            extra: Some(entry),
-            index: seq,
-            proof,
-            checkpoint: note.into_bytes(),
-        })
+        Ok(ProofFile { extra: Some(entry), index: seq, proof, checkpoint: note.into_bytes() })
     })
     .await?;
     Ok(text(file.encode()))

@@ -40,10 +40,7 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig {
-            max_batch: 4096,
-            queue_depth: 65_536,
-        }
+        LedgerConfig { max_batch: 4096, queue_depth: 65_536 }
     }
 }
 
@@ -93,18 +90,9 @@ pub enum LedgerError {
 }
 
 enum Request {
-    Append {
-        drafts: Vec<EventDraft>,
-        respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>>,
-    },
-    Checkpoint {
-        respond: oneshot::Sender<Result<(u64, String), LedgerError>>,
-    },
-    Rotate {
-        new_key: Box<SignerKey>,
-        actor: Actor,
-        respond: oneshot::Sender<Result<Receipt, AppendError>>,
-    },
+    Append { drafts: Vec<EventDraft>, respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>> },
+    Checkpoint { respond: oneshot::Sender<Result<(u64, String), LedgerError>> },
+    Rotate { new_key: Box<SignerKey>, actor: Actor, respond: oneshot::Sender<Result<Receipt, AppendError>> },
     Shutdown,
 }
 
@@ -143,18 +131,9 @@ impl Ledger {
     ) -> Result<(Ledger, SequencerThread), LedgerError> {
         let state = open::check_and_load(store.as_ref(), &signer)?;
         let origin = signer.name().to_string();
-        let (head_tx, head_rx) = watch::channel(Head {
-            size: state.frontier.size(),
-            root: state.frontier.root(),
-        });
+        let (head_tx, head_rx) = watch::channel(Head { size: state.frontier.size(), root: state.frontier.root() });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-        let mut sequencer = Sequencer {
-            store: Arc::clone(&store),
-            signer,
-            state,
-            head: head_tx,
-            config,
-        };
+        let mut sequencer = Sequencer { store: Arc::clone(&store), signer, state, head: head_tx, config };
         if sequencer.state.frontier.size() == 0 {
             sequencer
                 .create_ledger()
@@ -164,15 +143,7 @@ impl Ledger {
             .name("portcullis-sequencer".into())
             .spawn(move || sequencer.run(rx))
             .map_err(LedgerError::Thread)?;
-        Ok((
-            Ledger {
-                requests: tx,
-                head: head_rx,
-                store,
-                origin,
-            },
-            SequencerThread(thread),
-        ))
+        Ok((Ledger { requests: tx, head: head_rx, store, origin }, SequencerThread(thread)))
     }
 
     /// Appends one event and waits until it is durable.
@@ -190,10 +161,7 @@ impl Ledger {
     /// As [`Ledger::append`].
     pub async fn append_all(&self, drafts: Vec<EventDraft>) -> Result<Vec<Receipt>, AppendError> {
         let (respond, receive) = oneshot::channel();
-        self.requests
-            .send(Request::Append { drafts, respond })
-            .await
-            .map_err(|_| AppendError::Closed)?;
+        self.requests.send(Request::Append { drafts, respond }).await.map_err(|_| AppendError::Closed)?;
         receive.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -203,10 +171,7 @@ impl Ledger {
     /// [`LedgerError`] when the store fails or the ledger is closed.
     pub async fn checkpoint(&self) -> Result<(u64, String), LedgerError> {
         let (respond, receive) = oneshot::channel();
-        self.requests
-            .send(Request::Checkpoint { respond })
-            .await
-            .map_err(|_| LedgerError::Closed)?;
+        self.requests.send(Request::Checkpoint { respond }).await.map_err(|_| LedgerError::Closed)?;
         receive.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -218,11 +183,7 @@ impl Ledger {
     /// As [`Ledger::append`].
     pub async fn rotate_key(&self, new_key: SignerKey, actor: Actor) -> Result<Receipt, AppendError> {
         let (respond, receive) = oneshot::channel();
-        let request = Request::Rotate {
-            new_key: Box::new(new_key),
-            actor,
-            respond,
-        };
+        let request = Request::Rotate { new_key: Box::new(new_key), actor, respond };
         self.requests.send(request).await.map_err(|_| AppendError::Closed)?;
         receive.await.map_err(|_| AppendError::Closed)?
     }
@@ -321,11 +282,7 @@ impl Sequencer {
                         pending = self.commit(pending);
                         let _ = respond.send(self.sign_checkpoint());
                     }
-                    Request::Rotate {
-                        new_key,
-                        actor,
-                        respond,
-                    } => {
+                    Request::Rotate { new_key, actor, respond } => {
                         pending = self.commit(pending);
                         let _ = respond.send(self.rotate(*new_key, actor));
                     }
@@ -348,10 +305,7 @@ impl Sequencer {
 
     fn start_batch(&self) -> Pending {
         Pending {
-            batch: AppendBatch {
-                expected_size: self.state.frontier.size(),
-                ..AppendBatch::default()
-            },
+            batch: AppendBatch { expected_size: self.state.frontier.size(), ..AppendBatch::default() },
             state: self.state.clone(),
             responders: Vec::new(),
         }
@@ -364,11 +318,7 @@ impl Sequencer {
         drafts: Vec<EventDraft>,
         respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>>,
     ) {
-        let saved = (
-            pending.state.clone(),
-            pending.batch.entries.len(),
-            pending.batch.nodes.len(),
-        );
+        let saved = (pending.state.clone(), pending.batch.entries.len(), pending.batch.nodes.len());
         let mut receipts = Vec::with_capacity(drafts.len());
         for draft in drafts {
             match self.sign_one(pending, draft, &[&self.signer]) {
@@ -393,28 +343,16 @@ impl Sequencer {
     ) -> Result<Receipt, EntryError> {
         let state = &mut pending.state;
         let ts = Timestamp::now().max(state.last_ts);
-        let event = Event {
-            log: self.signer.name().to_string(),
-            seq: state.frontier.size(),
-            prev: state.prev,
-            ts,
-            draft,
-        };
+        let event =
+            Event { log: self.signer.name().to_string(), seq: state.frontier.size(), prev: state.prev, ts, draft };
         let entry = event.sign(signers)?;
         let leaf = leaf_hash(&entry);
         let nodes = &mut pending.batch.nodes;
-        state
-            .frontier
-            .push(leaf, |level, index, hash| nodes.push((level, index, *hash)));
+        state.frontier.push(leaf, |level, index, hash| nodes.push((level, index, *hash)));
         state.prev = leaf;
         state.last_ts = ts;
         pending.batch.entries.push(entry);
-        Ok(Receipt {
-            seq: event.seq,
-            id: event.draft.id,
-            leaf_hash: leaf,
-            ts,
-        })
+        Ok(Receipt { seq: event.seq, id: event.draft.id, leaf_hash: leaf, ts })
     }
 
     /// Commits the pending batch, answers its senders, and returns a fresh batch.
@@ -443,10 +381,7 @@ impl Sequencer {
     }
 
     fn publish_head(&self) {
-        let head = Head {
-            size: self.state.frontier.size(),
-            root: self.state.frontier.root(),
-        };
+        let head = Head { size: self.state.frontier.size(), root: self.state.frontier.root() };
         self.head.send_replace(head);
     }
 
@@ -468,11 +403,7 @@ impl Sequencer {
                 return Ok((size, note));
             }
         }
-        let checkpoint = Checkpoint {
-            origin: self.signer.name().to_string(),
-            size,
-            root: self.state.frontier.root(),
-        };
+        let checkpoint = Checkpoint { origin: self.signer.name().to_string(), size, root: self.state.frontier.root() };
         let note = checkpoint.sign(&self.signer);
         self.store.put_checkpoint(size, &note)?;
         self.state.checkpoint_size = Some(size);
@@ -481,22 +412,13 @@ impl Sequencer {
 
     fn system_draft(kind: &str, data: Json, actor: Actor) -> Result<EventDraft, AppendError> {
         let id = EventId::random().map_err(|e| AppendError::Store(format!("no system randomness: {e}")))?;
-        Ok(EventDraft {
-            id,
-            kind: kind.to_string(),
-            v: 1,
-            actor,
-            data,
-        })
+        Ok(EventDraft { id, kind: kind.to_string(), v: 1, actor, data })
     }
 
     fn create_ledger(&mut self) -> Result<(), AppendError> {
         let vkey = self.signer.verifier().to_string();
         let data = Json::Obj(vec![
-            (
-                "format".into(),
-                Json::Str(portcullis_format::event::EVENT_HEADER.into()),
-            ),
+            ("format".into(), Json::Str(portcullis_format::event::EVENT_HEADER.into())),
             ("key".into(), Json::Str(vkey.clone())),
         ]);
         let draft = Self::system_draft(KIND_LEDGER_CREATED, data, Actor::system())?;
@@ -512,11 +434,8 @@ impl Sequencer {
 
     fn rotate(&mut self, new_key: SignerKey, actor: Actor) -> Result<Receipt, AppendError> {
         let vkey = new_key.verifier().to_string();
-        let draft = Self::system_draft(
-            KIND_KEY_ROTATED,
-            Json::Obj(vec![("new_key".into(), Json::Str(vkey.clone()))]),
-            actor,
-        )?;
+        let draft =
+            Self::system_draft(KIND_KEY_ROTATED, Json::Obj(vec![("new_key".into(), Json::Str(vkey.clone()))]), actor)?;
         let mut pending = self.start_batch();
         let receipt = self.sign_one(&mut pending, draft, &[&self.signer, &new_key])?;
         pending.batch.key_changes.push((receipt.seq + 1, vkey));

@@ -63,10 +63,7 @@ pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<St
     }
     let in_force = key_at(&keys, size).ok_or_else(|| TailCheckError::Keys("no key is recorded".into()))?;
     if in_force != signer.verifier() {
-        return Err(TailCheckError::WrongKey {
-            in_force: in_force.to_string(),
-            loaded: signer.verifier().to_string(),
-        });
+        return Err(TailCheckError::WrongKey { in_force: in_force.to_string(), loaded: signer.verifier().to_string() });
     }
     let origin = signer.name();
     let reader = NodeReader(store);
@@ -101,9 +98,7 @@ pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<St
         }
         if let Some(new_key) = &parsed.new_key {
             if !new_key.verify(text, &parsed.signatures[1]) || key_at(&keys, seq + 1) != Some(new_key) {
-                return Err(bad(
-                    "key rotation is not co-signed by the new key or not recorded".into()
-                ));
+                return Err(bad("key rotation is not co-signed by the new key or not recorded".into()));
             }
         }
         let leaf = leaf_hash(entry);
@@ -147,14 +142,9 @@ pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<St
                 )));
             }
             let key = key_at(&keys, cp_size).ok_or_else(|| TailCheckError::Keys("no key in force".into()))?;
-            signed
-                .verify(key)
-                .map_err(|e| TailCheckError::Checkpoint(e.to_string()))?;
-            let root = if cp_size == 0 {
-                portcullis_format::merkle::EMPTY_ROOT
-            } else {
-                range_hash(&reader, 0, cp_size)?
-            };
+            signed.verify(key).map_err(|e| TailCheckError::Checkpoint(e.to_string()))?;
+            let root =
+                if cp_size == 0 { portcullis_format::merkle::EMPTY_ROOT } else { range_hash(&reader, 0, cp_size)? };
             if root != checkpoint.root {
                 return Err(TailCheckError::Checkpoint(format!(
                     "the stored tree at size {cp_size} has a different root than the signed checkpoint"
@@ -163,10 +153,5 @@ pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<St
             Some(cp_size)
         }
     };
-    Ok(State {
-        frontier,
-        prev,
-        last_ts,
-        checkpoint_size,
-    })
+    Ok(State { frontier, prev, last_ts, checkpoint_size })
 }

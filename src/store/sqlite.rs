@@ -45,10 +45,7 @@ impl SqliteStore {
     /// [`StoreError::Open`] when the file cannot be opened or set up, or
     /// [`StoreError::SchemaVersion`] for a database of another version.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
         let writer = Connection::open(path).map_err(open_err)?;
         writer.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
         writer
@@ -71,10 +68,7 @@ impl SqliteStore {
             Some(v) => {
                 let found: i64 = v.parse().unwrap_or(-1);
                 if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaVersion {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
+                    return Err(StoreError::SchemaVersion { found, supported: SCHEMA_VERSION });
                 }
             }
         }
@@ -82,17 +76,12 @@ impl SqliteStore {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(open_err)?;
         reader.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
-        Ok(SqliteStore {
-            writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
-        })
+        Ok(SqliteStore { writer: Mutex::new(writer), reader: Mutex::new(reader) })
     }
 }
 
 fn hash_from(bytes: Vec<u8>) -> Result<Hash, StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("a node hash is not 32 bytes".into()))
+    bytes.try_into().map_err(|_| StoreError::Corrupt("a node hash is not 32 bytes".into()))
 }
 
 impl Store for SqliteStore {
@@ -108,10 +97,7 @@ impl Store for SqliteStore {
         let max: Option<i64> = tx.query_row("SELECT max(seq) FROM entries", [], |r| r.get(0))?;
         let actual = max.map_or(0, |m| m as u64 + 1);
         if actual != batch.expected_size {
-            return Err(StoreError::AppendConflict {
-                expected: batch.expected_size,
-                actual,
-            });
+            return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
         }
         {
             let mut insert = tx.prepare_cached("INSERT INTO entries (seq, entry) VALUES (?1, ?2)")?;
@@ -167,18 +153,12 @@ impl Store for SqliteStore {
         for (i, row) in rows.enumerate() {
             let (id, hash) = row?;
             if id != node_id(level, from + i as u64) {
-                return Err(StoreError::MissingNode {
-                    level,
-                    index: from + i as u64,
-                });
+                return Err(StoreError::MissingNode { level, index: from + i as u64 });
             }
             out.push(hash_from(hash)?);
         }
         if out.len() as u64 != count {
-            return Err(StoreError::MissingNode {
-                level,
-                index: from + out.len() as u64,
-            });
+            return Err(StoreError::MissingNode { level, index: from + out.len() as u64 });
         }
         Ok(out)
     }
@@ -195,32 +175,21 @@ impl Store for SqliteStore {
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         let conn = lock(&self.reader);
         Ok(conn
-            .query_row(
-                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
+            .query_row("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
             .optional()?)
     }
 
     fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError> {
         let conn = lock(&self.reader);
-        Ok(conn
-            .query_row("SELECT note FROM checkpoints WHERE size = ?1", [size as i64], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Ok(conn.query_row("SELECT note FROM checkpoints WHERE size = ?1", [size as i64], |r| r.get(0)).optional()?)
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached("SELECT from_seq, vkey FROM keys ORDER BY from_seq")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(KeyRecord {
-                from_seq: r.get::<_, i64>(0)? as u64,
-                vkey: r.get(1)?,
-            })
-        })?;
+        let rows = stmt.query_map([], |r| Ok(KeyRecord { from_seq: r.get::<_, i64>(0)? as u64, vkey: r.get(1)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -15,17 +15,10 @@ use std::sync::Arc;
 use tower::ServiceExt;
 
 async fn call(router: &axum::Router, path: &str) -> (StatusCode, String, Vec<u8>) {
-    let response = router
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response = router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
     (status, content_type, body)
 }
@@ -52,10 +45,7 @@ async fn ledger_endpoints_serve_verifiable_proofs_tiles_and_pages() {
     let router = app(Arc::new(AppState { ledger: ledger.clone() }));
 
     let (status, content_type, body) = call(&router, "/checkpoint").await;
-    assert_eq!(
-        (status, content_type.as_str()),
-        (StatusCode::OK, "text/plain; charset=utf-8")
-    );
+    assert_eq!((status, content_type.as_str()), (StatusCode::OK, "text/plain; charset=utf-8"));
     assert_eq!(body, note.as_bytes());
 
     // Pages follow the cursor to the end without gaps.
@@ -94,28 +84,15 @@ async fn ledger_endpoints_serve_verifiable_proofs_tiles_and_pages() {
 
     let (status, _, body) = call(&router, "/v1/ledger/evidence/250").await;
     assert_eq!(status, StatusCode::OK);
-    let verified = ProofFile::parse(&body)
-        .unwrap()
-        .verify(&KeySet::single(signer(1).verifier().clone()))
-        .unwrap();
+    let verified = ProofFile::parse(&body).unwrap().verify(&KeySet::single(signer(1).verifier().clone())).unwrap();
     assert_eq!(verified.entry.event.seq, 250);
 
     // Tiles equal what an export writes.
     let export = dir.path().join("export");
     portcullis::export::export(ledger.store().as_ref(), &export, 0, None, &|_, _| {}).unwrap();
-    for path in [
-        "tile/0/000",
-        "tile/0/001.p/44",
-        "tile/1/000.p/1",
-        "tile/entries/000",
-        "tile/entries/001.p/44",
-    ] {
+    for path in ["tile/0/000", "tile/0/001.p/44", "tile/1/000.p/1", "tile/entries/000", "tile/entries/001.p/44"] {
         let (status, content_type, body) = call(&router, &format!("/{path}")).await;
-        assert_eq!(
-            (status, content_type.as_str()),
-            (StatusCode::OK, "application/octet-stream"),
-            "{path}"
-        );
+        assert_eq!((status, content_type.as_str()), (StatusCode::OK, "application/octet-stream"), "{path}");
         assert_eq!(body, std::fs::read(export.join(path)).unwrap(), "{path}");
     }
     close(ledger, thread).await;
@@ -132,28 +109,12 @@ async fn bad_parameters_get_problem_json_naming_the_parameter() {
         ("/v1/ledger/entries?cursor=-1", StatusCode::BAD_REQUEST, "cursor"),
         ("/v1/ledger/entries?limit=5&limit=6", StatusCode::BAD_REQUEST, "limit"),
         ("/v1/ledger/entries?colour=blue", StatusCode::BAD_REQUEST, "colour"),
-        (
-            "/v1/ledger/entries/99999999999999999999",
-            StatusCode::BAD_REQUEST,
-            "seq",
-        ),
+        ("/v1/ledger/entries/99999999999999999999", StatusCode::BAD_REQUEST, "seq"),
         ("/v1/ledger/entries/5", StatusCode::NOT_FOUND, "entry 5"),
         ("/v1/ledger/proofs/inclusion?index=0", StatusCode::BAD_REQUEST, "size"),
-        (
-            "/v1/ledger/proofs/inclusion?index=1&size=1",
-            StatusCode::BAD_REQUEST,
-            "index",
-        ),
-        (
-            "/v1/ledger/proofs/inclusion?index=0&size=2",
-            StatusCode::BAD_REQUEST,
-            "size",
-        ),
-        (
-            "/v1/ledger/proofs/consistency?old=0&new=1",
-            StatusCode::BAD_REQUEST,
-            "old",
-        ),
+        ("/v1/ledger/proofs/inclusion?index=1&size=1", StatusCode::BAD_REQUEST, "index"),
+        ("/v1/ledger/proofs/inclusion?index=0&size=2", StatusCode::BAD_REQUEST, "size"),
+        ("/v1/ledger/proofs/consistency?old=0&new=1", StatusCode::BAD_REQUEST, "old"),
         ("/v1/ledger/evidence/1", StatusCode::NOT_FOUND, "entry 1"),
         ("/tile/0/000", StatusCode::NOT_FOUND, "tile/0/000"),
         ("/tile/0/x000/000", StatusCode::NOT_FOUND, "not a tile path"),
@@ -165,10 +126,7 @@ async fn bad_parameters_get_problem_json_naming_the_parameter() {
         assert_eq!(status, expected, "{path}: {text}");
         assert_eq!(content_type, "application/problem+json", "{path}");
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert!(
-            problem["type"].as_str().unwrap().starts_with("urn:portcullis:problem:"),
-            "{path}"
-        );
+        assert!(problem["type"].as_str().unwrap().starts_with("urn:portcullis:problem:"), "{path}");
         assert_eq!(problem["status"], expected.as_u16());
         assert!(problem["detail"].as_str().unwrap().contains(mentions), "{path}: {text}");
     }

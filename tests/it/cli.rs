@@ -15,33 +15,19 @@ fn portcullis(args: &[&str], cwd: &Path) -> Output {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A minimal HTTP/1.1 GET over loopback; returns (status, body).
 fn get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
     let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(std::io::ErrorKind::InvalidData)?;
     Ok((status, response[split + 4..].to_vec()))
 }
 
@@ -62,15 +48,7 @@ fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            "data",
-            "--listen",
-            &listen,
-            "--origin",
-            "portcullis.test/cli",
-        ])
+        .args(["serve", "--data-dir", "data", "--listen", &listen, "--origin", "portcullis.test/cli"])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,10 +81,7 @@ fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
     assert!(stdout.contains("not configured"), "{stdout}");
     assert!(stdout.contains("stopped cleanly"), "{stdout}");
 
-    let mode = std::fs::metadata(dir.path().join("data/log.key"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(dir.path().join("data/log.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let vkey = std::fs::read_to_string(dir.path().join("data/log.key.pub")).unwrap();
 
@@ -117,10 +92,7 @@ fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["entries_verified"], 1);
-    let out = portcullis(
-        &["verify", "proof", "entry0.tlog-proof", "--key", "data/log.key.pub"],
-        dir.path(),
-    );
+    let out = portcullis(&["verify", "proof", "entry0.tlog-proof", "--key", "data/log.key.pub"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Exporting into a non-empty directory is refused and changes nothing.
@@ -132,25 +104,16 @@ fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
 #[test]
 fn keygen_writes_a_private_key_only_the_owner_can_read_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
-    let out = portcullis(
-        &["keygen", "--name", "portcullis.test/keys", "--out", "k/log.key"],
-        dir.path(),
-    );
+    let out = portcullis(&["keygen", "--name", "portcullis.test/keys", "--out", "k/log.key"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let vkey = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        portcullis_format::note::VerifierKey::parse(vkey.trim()).is_ok(),
-        "{vkey}"
-    );
+    assert!(portcullis_format::note::VerifierKey::parse(vkey.trim()).is_ok(), "{vkey}");
     let key = dir.path().join("k/log.key");
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::read_to_string(dir.path().join("k/log.key.pub")).unwrap(), vkey);
 
     let before = std::fs::read(&key).unwrap();
-    let out = portcullis(
-        &["keygen", "--name", "portcullis.test/keys", "--out", "k/log.key"],
-        dir.path(),
-    );
+    let out = portcullis(&["keygen", "--name", "portcullis.test/keys", "--out", "k/log.key"], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
     assert_eq!(std::fs::read(&key).unwrap(), before);
@@ -180,27 +143,17 @@ fn bad_flags_and_config_files_get_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 
-    std::fs::write(
-        dir.path().join("bad.toml"),
-        "data_dir = \"x\"\nlisten_addr = \"127.0.0.1:1\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "data_dir = \"x\"\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
     let out = portcullis(&["serve", "--config", "bad.toml"], dir.path());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("bad.toml") && stderr.contains("listen_addr"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.toml") && stderr.contains("listen_addr"), "{stderr}");
 
     std::fs::write(dir.path().join("interval.toml"), "checkpoint_interval_secs = 0\n").unwrap();
     let out = portcullis(&["serve", "--config", "interval.toml"], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint_interval_secs"));
-    assert!(
-        !dir.path().join("x").exists() && !dir.path().join("portcullis-data").exists(),
-        "nothing was created"
-    );
+    assert!(!dir.path().join("x").exists() && !dir.path().join("portcullis-data").exists(), "nothing was created");
 
     let out = portcullis(&["verify", "nowhere", "--key", "not-a-key"], dir.path());
     assert_eq!(out.status.code(), Some(2));

@@ -47,14 +47,7 @@ async fn acknowledged_appends_survive_sigkill() {
     let rounds = 10;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "crash::crash_child_appender",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["crash::crash_child_appender", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
             .env(DIR_VAR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -80,26 +73,16 @@ async fn acknowledged_appends_survive_sigkill() {
             }
         }
         child.wait().unwrap();
-        assert!(
-            seen >= kill_after,
-            "round {round}: the child stopped after {seen} acknowledgements"
-        );
+        assert!(seen >= kill_after, "round {round}: the child stopped after {seen} acknowledgements");
 
         // Restart: the tail verifies, and every acknowledged append is there, unchanged.
         let key = portcullis::keyfile::load(&dir.path().join("log.key")).unwrap();
         let (ledger, thread) = open(dir.path(), key).unwrap_or_else(|e| panic!("round {round}: reopening failed: {e}"));
         let store = std::sync::Arc::clone(ledger.store());
         for (seq, id) in &acknowledged {
-            let entry = store
-                .entries(*seq, 1)
-                .unwrap()
-                .pop()
-                .unwrap_or_else(|| panic!("acknowledged entry {seq} was lost"));
-            assert_eq!(
-                ParsedEntry::parse(&entry).unwrap().event.draft.id,
-                *id,
-                "entry {seq} changed"
-            );
+            let entry =
+                store.entries(*seq, 1).unwrap().pop().unwrap_or_else(|| panic!("acknowledged entry {seq} was lost"));
+            assert_eq!(ParsedEntry::parse(&entry).unwrap().event.draft.id, *id, "entry {seq} changed");
         }
         close(ledger, thread).await;
     }

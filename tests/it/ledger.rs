@@ -22,16 +22,9 @@ pub fn draft(n: u64) -> EventDraft {
         id: EventId::random().unwrap(),
         kind: "request.created".into(),
         v: 1,
-        actor: Actor {
-            sub: format!("user-{}", n % 7),
-            groups: vec!["web".into()],
-            via: "token".into(),
-        },
+        actor: Actor { sub: format!("user-{}", n % 7), groups: vec!["web".into()], via: "token".into() },
         data: Json::Obj(vec![
-            (
-                "reason".into(),
-                Json::Str(format!("INC-{n}: fix the TLS host of shop/storefront")),
-            ),
+            ("reason".into(), Json::Str(format!("INC-{n}: fix the TLS host of shop/storefront"))),
             ("namespace".into(), Json::Str("shop".into())),
         ]),
     }
@@ -52,16 +45,7 @@ pub fn verify_dir(
     export: &Path,
     keys: KeySet,
 ) -> Result<portcullis_format::verify::Summary, portcullis_format::verify::Failure> {
-    verify_export(
-        export,
-        &Options {
-            keys,
-            anchor: None,
-            allow_partial: false,
-            threads: 2,
-            progress: None,
-        },
-    )
+    verify_export(export, &Options { keys, anchor: None, allow_partial: false, threads: 2, progress: None })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,24 +121,11 @@ async fn reopening_continues_the_chain_and_the_tree() {
     let old = SignedCheckpoint::parse(store.checkpoint_at(size_before).unwrap().unwrap().as_bytes()).unwrap();
     let reader = NodeReader(store.as_ref());
     let proof = merkle::consistency_proof(&reader, size_before, size).unwrap();
-    merkle::verify_consistency(
-        size_before,
-        size,
-        &old.checkpoint.root,
-        &checkpoint.checkpoint.root,
-        &proof,
-    )
-    .unwrap();
+    merkle::verify_consistency(size_before, size, &old.checkpoint.root, &checkpoint.checkpoint.root, &proof).unwrap();
     let entry = store.entries(receipt.seq, 1).unwrap().pop().unwrap();
     let inclusion = merkle::inclusion_proof(&reader, receipt.seq, size).unwrap();
-    merkle::verify_inclusion(
-        receipt.seq,
-        size,
-        &merkle::leaf_hash(&entry),
-        &inclusion,
-        &checkpoint.checkpoint.root,
-    )
-    .unwrap();
+    merkle::verify_inclusion(receipt.seq, size, &merkle::leaf_hash(&entry), &inclusion, &checkpoint.checkpoint.root)
+        .unwrap();
     let parsed = ParsedEntry::parse(&entry).unwrap();
     assert_eq!(parsed.event.prev, store.node(0, receipt.seq - 1).unwrap());
 }
@@ -169,14 +140,9 @@ async fn the_service_refuses_a_ledger_whose_tail_was_altered_and_names_the_entry
     close(ledger, thread).await;
 
     alter_entry_on_disk(&dir.path().join("ledger.db"), 7);
-    let err = open(dir.path(), signer(1))
-        .err()
-        .expect("an altered ledger must be refused");
+    let err = open(dir.path(), signer(1)).err().expect("an altered ledger must be refused");
     let text = err.to_string();
-    assert!(
-        matches!(err, LedgerError::TailCheck(TailCheckError::Entry { seq: 7, .. })),
-        "{text}"
-    );
+    assert!(matches!(err, LedgerError::TailCheck(TailCheckError::Entry { seq: 7, .. })), "{text}");
     assert!(text.contains("entry 7"), "{text}");
 }
 
@@ -185,17 +151,13 @@ async fn the_service_refuses_a_ledger_whose_tail_was_altered_and_names_the_entry
 /// the test reaches under it with SQL.
 fn alter_entry_on_disk(db: &Path, seq: u64) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let entry: Vec<u8> = conn
-        .query_row("SELECT entry FROM entries WHERE seq = ?1", [seq as i64], |r| r.get(0))
-        .unwrap();
+    let entry: Vec<u8> =
+        conn.query_row("SELECT entry FROM entries WHERE seq = ?1", [seq as i64], |r| r.get(0)).unwrap();
     let text = String::from_utf8(entry).unwrap();
     let altered = text.replacen("INC-", "INK-", 1);
     assert_ne!(altered, text);
-    conn.execute(
-        "UPDATE entries SET entry = ?1 WHERE seq = ?2",
-        rusqlite::params![altered.as_bytes(), seq as i64],
-    )
-    .unwrap();
+    conn.execute("UPDATE entries SET entry = ?1 WHERE seq = ?2", rusqlite::params![altered.as_bytes(), seq as i64])
+        .unwrap();
 }
 
 #[tokio::test]
@@ -204,10 +166,7 @@ async fn the_service_refuses_to_sign_with_a_key_that_is_not_in_force() {
     let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
     close(ledger, thread).await;
     let err = open(dir.path(), signer(2)).err().expect("another key must be refused");
-    assert!(
-        matches!(err, LedgerError::TailCheck(TailCheckError::WrongKey { .. })),
-        "{err}"
-    );
+    assert!(matches!(err, LedgerError::TailCheck(TailCheckError::WrongKey { .. })), "{err}");
 }
 
 #[tokio::test]
@@ -223,10 +182,7 @@ async fn a_rotated_key_signs_from_the_next_entry_and_the_export_verifies_with_th
     }
     ledger.checkpoint().await.unwrap();
     close(ledger, thread).await;
-    assert!(
-        open(dir.path(), signer(1)).is_err(),
-        "the old key is no longer in force"
-    );
+    assert!(open(dir.path(), signer(1)).is_err(), "the old key is no longer in force");
     let (ledger, thread) = open(dir.path(), signer(2)).unwrap();
     close(ledger, thread).await;
 
@@ -237,8 +193,5 @@ async fn a_rotated_key_signs_from_the_next_entry_and_the_export_verifies_with_th
     assert_eq!(summary.keys.len(), 2);
     assert_eq!(summary.keys[1].1, rotation.seq + 1);
     let keys = store.keys().unwrap();
-    assert_eq!(
-        keys.iter().map(|k| k.from_seq).collect::<Vec<_>>(),
-        vec![0, rotation.seq + 1]
-    );
+    assert_eq!(keys.iter().map(|k| k.from_seq).collect::<Vec<_>>(), vec![0, rotation.seq + 1]);
 }

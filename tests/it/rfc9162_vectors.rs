@@ -32,17 +32,12 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn bytes(case: &Value, field: &str) -> Vec<u8> {
-    let text = case[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field} is not a string"));
-    B64.decode(text)
-        .unwrap_or_else(|e| panic!("{field} is not base64: {e}"))
+    let text = case[field].as_str().unwrap_or_else(|| panic!("{field} is not a string"));
+    B64.decode(text).unwrap_or_else(|e| panic!("{field} is not base64: {e}"))
 }
 
 fn number(case: &Value, field: &str) -> u64 {
-    case[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} is not an unsigned integer"))
+    case[field].as_u64().unwrap_or_else(|| panic!("{field} is not an unsigned integer"))
 }
 
 /// The proof's hashes, or `None` when an element is not 32 bytes (which a verifier must reject).
@@ -51,12 +46,7 @@ fn proof(case: &Value) -> Option<Vec<Hash>> {
         Value::Null => Some(Vec::new()),
         Value::Array(items) => items
             .iter()
-            .map(|item| {
-                B64.decode(item.as_str().expect("proof element is a string"))
-                    .ok()?
-                    .try_into()
-                    .ok()
-            })
+            .map(|item| B64.decode(item.as_str().expect("proof element is a string")).ok()?.try_into().ok())
             .collect(),
         other => panic!("proof is neither an array nor null: {other}"),
     }
@@ -90,10 +80,7 @@ fn run(kind: &str, rejected: fn(&Value) -> bool) -> (usize, Vec<String>) {
         let got_err = rejected(&case);
         if got_err != want_err {
             let relative = path.strip_prefix(&dir).unwrap_or(path).display().to_string();
-            mismatches.push(format!(
-                "{kind}/{relative} ({}): wantErr {want_err}, got {got_err}",
-                case["desc"]
-            ));
+            mismatches.push(format!("{kind}/{relative} ({}): wantErr {want_err}, got {got_err}", case["desc"]));
         }
     }
     (files.len(), mismatches)
@@ -108,21 +95,9 @@ fn every_rfc9162_proof_vector_gets_the_expected_verdict() {
     mismatches.extend(more);
 
     // Then every verdict matches wantErr, and none were skipped.
-    assert!(
-        inclusion_files > 0 && consistency_files > 0,
-        "both kinds of vectors are present"
-    );
-    assert_eq!(
-        inclusion_files + consistency_files,
-        EXPECTED_VECTOR_FILES,
-        "vector files found"
-    );
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    assert!(inclusion_files > 0 && consistency_files > 0, "both kinds of vectors are present");
+    assert_eq!(inclusion_files + consistency_files, EXPECTED_VECTOR_FILES, "vector files found");
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }
 
 #[test]
@@ -134,10 +109,7 @@ fn rfc9162_vectors_include_accepted_and_rejected_cases_of_each_kind() {
             .iter()
             .map(|p| serde_json::from_slice::<Value>(&fs::read(p).expect("read")).expect("JSON")["wantErr"] == true)
             .collect();
-        assert!(
-            verdicts.contains(&true) && verdicts.contains(&false),
-            "{kind} has both verdicts"
-        );
+        assert!(verdicts.contains(&true) && verdicts.contains(&false), "{kind} has both verdicts");
     }
 }
 
@@ -148,10 +120,7 @@ fn signed_note_example() -> (VerifierKey, Vec<u8>) {
     let (first, rest) = text.split_once('\n').expect("a vkey line");
     let vkey = first.strip_prefix("vkey: ").expect("vkey: prefix");
     let note = rest.strip_prefix("note:\n").expect("note: line");
-    (
-        VerifierKey::parse(vkey).expect("the example key parses"),
-        note.as_bytes().to_vec(),
-    )
+    (VerifierKey::parse(vkey).expect("the example key parses"), note.as_bytes().to_vec())
 }
 
 fn note_accepted(key: &VerifierKey, bytes: &[u8]) -> bool {
@@ -190,10 +159,7 @@ fn flipping_any_byte_of_the_signed_note_example_makes_it_fail() {
     }
 
     // Then the verifier rejects every variant.
-    assert!(
-        accepted.is_empty(),
-        "tampered notes accepted at (offset, xor): {accepted:?}"
-    );
+    assert!(accepted.is_empty(), "tampered notes accepted at (offset, xor): {accepted:?}");
 }
 
 #[test]

@@ -55,13 +55,7 @@ pub struct Spec {
 
 impl Spec {
     pub fn new(size: u64) -> Spec {
-        Spec {
-            origin: ORIGIN.into(),
-            size,
-            seed: LOG_SEED,
-            rotation: None,
-            fork_at: None,
-        }
+        Spec { origin: ORIGIN.into(), size, seed: LOG_SEED, rotation: None, fork_at: None }
     }
 
     pub fn rotating_at(mut self, seq: u64) -> Spec {
@@ -115,11 +109,7 @@ fn text(s: &str) -> Json {
 }
 
 fn person(sub: &str, group: &str) -> Actor {
-    Actor {
-        sub: sub.into(),
-        groups: vec![group.into()],
-        via: "oidc".into(),
-    }
+    Actor { sub: sub.into(), groups: vec![group.into()], via: "oidc".into() }
 }
 
 /// The draft of event `seq`: a realistic request / approval / grant cycle.
@@ -128,11 +118,7 @@ fn draft(origin: &str, seq: u64, forked: bool) -> EventDraft {
     let request = format!("req-{n:04}");
     let grant = format!("grant-{n:04}");
     let (kind, actor, mut data) = if seq == 0 {
-        (
-            KIND_LEDGER_CREATED,
-            Actor::system(),
-            obj(&[("origin", text(origin)), ("version", text("0.1.0"))]),
-        )
+        (KIND_LEDGER_CREATED, Actor::system(), obj(&[("origin", text(origin)), ("version", text("0.1.0"))]))
     } else {
         match (seq - 1) % 4 {
             0 => (
@@ -146,11 +132,7 @@ fn draft(origin: &str, seq: u64, forked: bool) -> EventDraft {
                     ("route", text("web/admin")),
                 ]),
             ),
-            1 => (
-                "request.approved",
-                person("bob@example.com", "sre-leads"),
-                obj(&[("request", text(&request))]),
-            ),
+            1 => ("request.approved", person("bob@example.com", "sre-leads"), obj(&[("request", text(&request))])),
             2 => {
                 let expires =
                     Timestamp::from_unix_micros(timestamp(seq).unix_micros() + 3_600_000_000).expect("in range");
@@ -172,24 +154,12 @@ fn draft(origin: &str, seq: u64, forked: bool) -> EventDraft {
             members.push(("history".into(), text("alternative")));
         }
     }
-    EventDraft {
-        id: event_id(origin, seq, forked),
-        kind: kind.into(),
-        v: 1,
-        actor,
-        data,
-    }
+    EventDraft { id: event_id(origin, seq, forked), kind: kind.into(), v: 1, actor, data }
 }
 
 /// Event `seq` of `origin` with the given `prev`, ready to sign.
 pub fn event(origin: &str, seq: u64, prev: Hash) -> Event {
-    Event {
-        log: origin.into(),
-        seq,
-        prev,
-        ts: timestamp(seq),
-        draft: draft(origin, seq, false),
-    }
+    Event { log: origin.into(), seq, prev, ts: timestamp(seq), draft: draft(origin, seq, false) }
 }
 
 impl Ledger {
@@ -224,13 +194,7 @@ impl Ledger {
             events.push(event);
             entries.push(entry);
         }
-        Ledger {
-            spec,
-            initial,
-            rotated,
-            events,
-            entries,
-        }
+        Ledger { spec, initial, rotated, events, entries }
     }
 
     pub fn size(&self) -> u64 {
@@ -252,12 +216,7 @@ impl Ledger {
     /// The checkpoint of the first `size` entries, signed by the key in force at `size`.
     pub fn checkpoint(&self, size: u64) -> String {
         let root = merkle::root_of(&self.leaves()[..size as usize]);
-        Checkpoint {
-            origin: self.spec.origin.clone(),
-            size,
-            root,
-        }
-        .sign(self.signer_at(size))
+        Checkpoint { origin: self.spec.origin.clone(), size, root }.sign(self.signer_at(size))
     }
 
     /// The first `size` raw entries and their signed checkpoint (an anchor, or a smaller export).
@@ -269,16 +228,8 @@ impl Ledger {
     pub fn keys(&self) -> KeySet {
         match (self.spec.rotation, &self.rotated) {
             (Some((r, _)), Some(new)) => KeySet::new(vec![
-                PinnedKey {
-                    key: self.initial.verifier().clone(),
-                    from: 0,
-                    to: Some(r + 1),
-                },
-                PinnedKey {
-                    key: new.verifier().clone(),
-                    from: r + 1,
-                    to: None,
-                },
+                PinnedKey { key: self.initial.verifier().clone(), from: 0, to: Some(r + 1) },
+                PinnedKey { key: new.verifier().clone(), from: r + 1, to: None },
             ]),
             _ => KeySet::single(self.initial.verifier().clone()),
         }
@@ -316,12 +267,7 @@ impl Ledger {
 /// The checkpoint over `entries` signed by `signer`: what whoever holds a log key can produce.
 pub fn checkpoint_over(origin: &str, entries: &[Vec<u8>], signer: &SignerKey) -> String {
     let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
-    Checkpoint {
-        origin: origin.into(),
-        size: leaves.len() as u64,
-        root: merkle::root_of(&leaves),
-    }
-    .sign(signer)
+    Checkpoint { origin: origin.into(), size: leaves.len() as u64, root: merkle::root_of(&leaves) }.sign(signer)
 }
 
 /// Entry `seq` of `ledger` with its note text edited by `edit`, then signed
@@ -368,11 +314,7 @@ pub fn write_raw_export(dir: &Path, entries: &[Vec<u8>], checkpoint_note: &str) 
         write(&tile.path(), &hashes.concat());
     }
     for (index, chunk) in entries.chunks(TILE_WIDTH as usize).enumerate() {
-        let tile = Tile {
-            level: 0,
-            index: index as u64,
-            width: chunk.len() as u64,
-        };
+        let tile = Tile { level: 0, index: index as u64, width: chunk.len() as u64 };
         write(&tile.entries_path(), &encode_bundle(chunk.iter().map(Vec::as_slice)));
     }
     write(JSONL_FILE, jsonl.as_bytes());
@@ -383,22 +325,14 @@ pub fn write_raw_export(dir: &Path, entries: &[Vec<u8>], checkpoint_note: &str) 
 pub fn bundles(dir: &Path) -> Vec<(String, Vec<Vec<u8>>)> {
     let mut found: Vec<(u64, String)> = files(dir)
         .into_iter()
-        .filter_map(|p| {
-            Tile::parse_path(&p)
-                .filter(|(_, is_bundle)| *is_bundle)
-                .map(|(t, _)| (t.index, p))
-        })
+        .filter_map(|p| Tile::parse_path(&p).filter(|(_, is_bundle)| *is_bundle).map(|(t, _)| (t.index, p)))
         .collect();
     found.sort();
     found
         .into_iter()
         .map(|(_, path)| {
             let bytes = fs::read(dir.join(&path)).expect("read bundle");
-            let entries = decode_bundle(&bytes)
-                .expect("bundle decodes")
-                .into_iter()
-                .map(<[u8]>::to_vec)
-                .collect();
+            let entries = decode_bundle(&bytes).expect("bundle decodes").into_iter().map(<[u8]>::to_vec).collect();
             (path, entries)
         })
         .collect()
@@ -407,10 +341,7 @@ pub fn bundles(dir: &Path) -> Vec<(String, Vec<Vec<u8>>)> {
 /// Rewrites the bundle holding entry `seq` after `change` edits that entry;
 /// tiles, `entries.jsonl` and the checkpoint are left as they were.
 pub fn modify_entry(dir: &Path, seq: u64, change: impl FnOnce(&mut Vec<u8>)) {
-    let (path, mut entries) = bundles(dir)
-        .into_iter()
-        .nth((seq / TILE_WIDTH) as usize)
-        .expect("bundle of seq");
+    let (path, mut entries) = bundles(dir).into_iter().nth((seq / TILE_WIDTH) as usize).expect("bundle of seq");
     change(&mut entries[(seq % TILE_WIDTH) as usize]);
     fs::write(dir.join(path), encode_bundle(entries.iter().map(Vec::as_slice))).expect("rewrite bundle");
 }
@@ -426,10 +357,8 @@ pub fn files(dir: &Path) -> Vec<String> {
                 stack.push(path);
             } else {
                 let relative = path.strip_prefix(dir).expect("under dir");
-                let parts: Vec<String> = relative
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
+                let parts: Vec<String> =
+                    relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
                 out.push(parts.join("/"));
             }
         }
@@ -454,13 +383,8 @@ pub fn temp_dir() -> tempfile::TempDir {
 
 /// Runs the verifier with two worker threads.
 pub fn verify_with(dir: &Path, keys: &KeySet, anchor: Option<&[u8]>, allow_partial: bool) -> Result<Summary, Failure> {
-    let options = Options {
-        keys: keys.clone(),
-        anchor: anchor.map(<[u8]>::to_vec),
-        allow_partial,
-        threads: 2,
-        progress: None,
-    };
+    let options =
+        Options { keys: keys.clone(), anchor: anchor.map(<[u8]>::to_vec), allow_partial, threads: 2, progress: None };
     verify::verify_export(dir, &options)
 }
 
@@ -475,11 +399,7 @@ pub fn assert_fails(result: Result<Summary, Failure>, check: Check, seq: Option<
     match result {
         Ok(summary) => panic!("expected {check:?} at {seq:?}, but the export verified: {summary:?}"),
         Err(failure) => {
-            assert_eq!(
-                (failure.check, failure.seq),
-                (check, seq),
-                "unexpected failure: {failure} ({failure:?})"
-            );
+            assert_eq!((failure.check, failure.seq), (check, seq), "unexpected failure: {failure} ({failure:?})");
             failure
         }
     }

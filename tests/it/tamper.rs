@@ -47,20 +47,14 @@ fn a_raw_export_of_an_honest_ledger_equals_the_export_writers() {
     write_raw_export(raw.path(), &ledger.entries, &ledger.checkpoint(300));
     assert_eq!(files(raw.path()), files(honest.path()));
     for file in files(honest.path()) {
-        assert_eq!(
-            fs::read(raw.path().join(&file)).unwrap(),
-            fs::read(honest.path().join(&file)).unwrap(),
-            "{file}"
-        );
+        assert_eq!(fs::read(raw.path().join(&file)).unwrap(), fs::read(honest.path().join(&file)).unwrap(), "{file}");
     }
 }
 
 #[test]
 fn a_changed_json_value_in_an_entry_fails_that_entrys_signature() {
     let (ledger, dir) = given_export(Spec::new(6));
-    modify_entry(dir.path(), 3, |entry| {
-        *entry = replace_once(entry, "\"ts\":\"2026", "\"ts\":\"2027")
-    });
+    modify_entry(dir.path(), 3, |entry| *entry = replace_once(entry, "\"ts\":\"2026", "\"ts\":\"2027"));
     let failure = assert_fails(verify(dir.path(), &ledger.keys()), Check::Signature, Some(3));
     assert!(failure.reason.contains("does not verify"), "{failure}");
 }
@@ -68,9 +62,7 @@ fn a_changed_json_value_in_an_entry_fails_that_entrys_signature() {
 #[test]
 fn a_changed_json_byte_that_breaks_the_syntax_is_an_entry_syntax_error() {
     let (ledger, dir) = given_export(Spec::new(6));
-    modify_entry(dir.path(), 2, |entry| {
-        *entry = replace_once(entry, "{\"actor\":", "[\"actor\":")
-    });
+    modify_entry(dir.path(), 2, |entry| *entry = replace_once(entry, "{\"actor\":", "[\"actor\":"));
     assert_fails(verify(dir.path(), &ledger.keys()), Check::EntrySyntax, Some(2));
 }
 
@@ -120,9 +112,7 @@ fn a_deleted_entry_under_the_old_checkpoint_leaves_the_bundle_short() {
 fn an_inserted_entry_signed_by_an_attacker_key_fails_its_signature() {
     let (ledger, _) = given_export(Spec::new(6));
     let attacker = signer(ORIGIN, &ATTACKER_SEED);
-    let forged = event(ORIGIN, 2, leaf_hash(&ledger.entries[1]))
-        .sign(&[&attacker])
-        .unwrap();
+    let forged = event(ORIGIN, 2, leaf_hash(&ledger.entries[1])).sign(&[&attacker]).unwrap();
     let mut entries = ledger.entries.clone();
     entries.insert(2, forged);
     let dir = temp_dir();
@@ -175,11 +165,7 @@ fn a_tail_truncated_export_is_refused_against_a_larger_pinned_checkpoint() {
     ledger.export_prefix(dir.path(), 5);
     verify(dir.path(), &ledger.keys()).expect("the prefix alone verifies");
     // Then only the anchor reveals the truncation.
-    assert_fails(
-        verify_with(dir.path(), &ledger.keys(), Some(anchor.as_bytes()), false),
-        Check::Truncation,
-        None,
-    );
+    assert_fails(verify_with(dir.path(), &ledger.keys(), Some(anchor.as_bytes()), false), Check::Truncation, None);
     // And a smaller anchor of the same log is consistent with it.
     let summary = verify_with(dir.path(), &ledger.keys(), Some(ledger.checkpoint(3).as_bytes()), false).unwrap();
     assert_eq!(summary.anchor_size, Some(3));
@@ -215,22 +201,14 @@ fn an_anchor_of_a_smaller_size_with_another_root_is_a_fork() {
     let (ledger, dir) = given_export(Spec::new(6));
     let other = Ledger::build(Spec::new(6).forked_at(1));
     let anchor = other.checkpoint(3);
-    assert_fails(
-        verify_with(dir.path(), &ledger.keys(), Some(anchor.as_bytes()), false),
-        Check::Fork,
-        Some(2),
-    );
+    assert_fails(verify_with(dir.path(), &ledger.keys(), Some(anchor.as_bytes()), false), Check::Fork, Some(2));
 }
 
 #[test]
 fn an_anchor_not_signed_by_the_pinned_key_is_refused() {
     let (ledger, dir) = given_export(Spec::new(6));
     let forged = Ledger::build(Spec::new(6).seed(ATTACKER_SEED)).checkpoint(3);
-    assert_fails(
-        verify_with(dir.path(), &ledger.keys(), Some(forged.as_bytes()), false),
-        Check::Anchor,
-        None,
-    );
+    assert_fails(verify_with(dir.path(), &ledger.keys(), Some(forged.as_bytes()), false), Check::Anchor, None);
 }
 
 #[test]
@@ -240,11 +218,7 @@ fn a_stale_checkpoint_is_refused_against_a_newer_anchor() {
     fs::write(dir.path().join("checkpoint"), ledger.checkpoint(4)).unwrap();
     // Then against the anchor at 6 it is stale; without one, the files do not fit its size.
     let anchor = ledger.checkpoint(6);
-    assert_fails(
-        verify_with(dir.path(), &ledger.keys(), Some(anchor.as_bytes()), false),
-        Check::Truncation,
-        None,
-    );
+    assert_fails(verify_with(dir.path(), &ledger.keys(), Some(anchor.as_bytes()), false), Check::Truncation, None);
     assert_fails(verify(dir.path(), &ledger.keys()), Check::Layout, None);
 }
 
@@ -312,10 +286,7 @@ fn a_node_hash_cannot_pass_as_a_leaf_at_the_checkpoints_size() {
     let leaves = ledger.leaves();
     let (n01, n23) = (node_hash(&leaves[0], &leaves[1]), node_hash(&leaves[2], &leaves[3]));
     let root = root_of(&leaves);
-    assert!(
-        verify_inclusion(0, 2, &n01, &[n23], &root).is_ok(),
-        "the hazard the checks below guard against"
-    );
+    assert!(verify_inclusion(0, 2, &n01, &[n23], &root).is_ok(), "the hazard the checks below guard against");
     // Then the proof fails at the size the checkpoint commits to,
     assert!(verify_inclusion(0, 4, &n01, &[n23], &root).is_err());
     // and no entry bytes have the node's hash as their leaf hash.
@@ -334,30 +305,16 @@ fn a_tlog_proof_presenting_a_node_as_an_entry_is_refused() {
     let n23 = node_hash(&leaves[2], &leaves[3]);
     let checkpoint = ledger.checkpoint(4).into_bytes();
     let proof_of = |extra: Vec<u8>, proof: Vec<merkle::Hash>| {
-        let file = ProofFile {
-            extra: Some(extra),
-            index: 0,
-            proof,
-            checkpoint: checkpoint.clone(),
-        };
-        ProofFile::parse(file.encode().as_bytes())
-            .unwrap()
-            .verify(&ledger.keys())
+        let file = ProofFile { extra: Some(extra), index: 0, proof, checkpoint: checkpoint.clone() };
+        ProofFile::parse(file.encode().as_bytes()).unwrap().verify(&ledger.keys())
     };
     // Given the honest proof of entry 0 verifies.
-    proof_of(
-        ledger.entries[0].clone(),
-        inclusion_proof(leaves.as_slice(), 0, 4).unwrap(),
-    )
-    .unwrap();
+    proof_of(ledger.entries[0].clone(), inclusion_proof(leaves.as_slice(), 0, 4).unwrap()).unwrap();
     // When the "entry" is the node's children, with the half-size proof: not an entry.
     let children = [leaves[0], leaves[1]].concat();
     assert!(matches!(proof_of(children, vec![n23]), Err(ProofFileError::Entry(_))));
     // When a real entry comes with the half-size proof: wrong length for the checkpoint's size.
-    assert!(matches!(
-        proof_of(ledger.entries[0].clone(), vec![n23]),
-        Err(ProofFileError::Inclusion(_))
-    ));
+    assert!(matches!(proof_of(ledger.entries[0].clone(), vec![n23]), Err(ProofFileError::Inclusion(_))));
 }
 
 #[test]
@@ -381,18 +338,14 @@ fn a_level_0_tile_holding_a_node_hash_in_place_of_a_leaf_does_not_reach_the_root
 #[test]
 fn malformed_entry_notes_are_entry_syntax_errors() {
     let cases: [(&str, fn(&[u8]) -> Vec<u8>); 4] = [
-        ("missing blank line", |e| {
-            replace_once(e, "\n\n\u{2014} ", "\n\u{2014} ")
-        }),
+        ("missing blank line", |e| replace_once(e, "\n\n\u{2014} ", "\n\u{2014} ")),
         ("signature not base64", |e| {
             let mut e = e.to_vec();
             let at = signature_offset(&e) + 10;
             e[at] = b'*';
             e
         }),
-        ("control character", |e| {
-            replace_once(e, "INC-4711: rotate", "INC-4711:\trotate")
-        }),
+        ("control character", |e| replace_once(e, "INC-4711: rotate", "INC-4711:\trotate")),
         ("no signature line", |e| {
             let text = std::str::from_utf8(e).unwrap();
             text[..text.rfind("\n\n").unwrap() + 2].as_bytes().to_vec()
@@ -402,11 +355,7 @@ fn malformed_entry_notes_are_entry_syntax_errors() {
         let (ledger, dir) = given_export(Spec::new(6));
         modify_entry(dir.path(), 1, |entry| *entry = tamper(entry));
         let failure = verify(dir.path(), &ledger.keys()).expect_err(name);
-        assert_eq!(
-            (failure.check, failure.seq),
-            (Check::EntrySyntax, Some(1)),
-            "{name}: {failure}"
-        );
+        assert_eq!((failure.check, failure.seq), (Check::EntrySyntax, Some(1)), "{name}: {failure}");
     }
 }
 
@@ -425,11 +374,7 @@ fn malformed_checkpoint_notes_are_refused() {
         assert_fails(verify(dir.path(), &ledger.keys()), Check::Checkpoint, None);
         assert!(Note::parse(bad.as_bytes()).is_err(), "{name}");
         fs::write(dir.path().join("checkpoint"), &good).unwrap();
-        assert_fails(
-            verify_with(dir.path(), &ledger.keys(), Some(bad.as_bytes()), false),
-            Check::Anchor,
-            None,
-        );
+        assert_fails(verify_with(dir.path(), &ledger.keys(), Some(bad.as_bytes()), false), Check::Anchor, None);
     }
 }
 
@@ -444,49 +389,28 @@ fn malformed_or_mismatched_tlog_proofs_are_refused() {
         checkpoint: ledger.checkpoint(6).into_bytes(),
     };
     let good = file(2, 2).encode();
-    ProofFile::parse(good.as_bytes())
-        .unwrap()
-        .verify(&ledger.keys())
-        .expect("the honest proof verifies");
+    ProofFile::parse(good.as_bytes()).unwrap().verify(&ledger.keys()).expect("the honest proof verifies");
     for (name, bad) in [
         ("garbage line", good.replacen("\n\n", "\nnot a hash\n\n", 1)),
-        (
-            "hash of 33 bytes",
-            good.replacen("\n\n", "\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n\n", 1),
-        ),
+        ("hash of 33 bytes", good.replacen("\n\n", "\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n\n", 1)),
         ("leading zero index", good.replacen("index 2\n", "index 02\n", 1)),
         ("no header", good.replacen("c2sp.org/tlog-proof@v1\n", "", 1)),
         ("no blank line", good.replacen("\n\n", "\n", 1)),
     ] {
-        assert!(
-            matches!(ProofFile::parse(bad.as_bytes()), Err(ProofFileError::Malformed(_))),
-            "{name}"
-        );
+        assert!(matches!(ProofFile::parse(bad.as_bytes()), Err(ProofFileError::Malformed(_))), "{name}");
     }
     let verdict = |f: ProofFile| ProofFile::parse(f.encode().as_bytes()).unwrap().verify(&ledger.keys());
-    assert!(
-        matches!(verdict(file(3, 2)), Err(ProofFileError::EntryMismatch { .. })),
-        "wrong index"
-    );
+    assert!(matches!(verdict(file(3, 2)), Err(ProofFileError::EntryMismatch { .. })), "wrong index");
     let mut short = file(2, 2);
     short.proof.pop();
-    assert!(
-        matches!(verdict(short), Err(ProofFileError::Inclusion(_))),
-        "truncated proof"
-    );
+    assert!(matches!(verdict(short), Err(ProofFileError::Inclusion(_))), "truncated proof");
     let mut wrong_entry = file(2, 2);
     wrong_entry.proof = inclusion_proof(leaves.as_slice(), 3, 6).unwrap();
-    assert!(
-        matches!(verdict(wrong_entry), Err(ProofFileError::Inclusion(_))),
-        "another entry's proof"
-    );
+    assert!(matches!(verdict(wrong_entry), Err(ProofFileError::Inclusion(_))), "another entry's proof");
     let other = Ledger::build(Spec::new(6).origin(OTHER_ORIGIN).seed(OTHER_LOG_SEED));
     let mut spliced = file(2, 2);
     spliced.extra = Some(other.entries[2].clone());
-    assert!(
-        matches!(verdict(spliced), Err(ProofFileError::EntryMismatch { .. })),
-        "another log's entry"
-    );
+    assert!(matches!(verdict(spliced), Err(ProofFileError::EntryMismatch { .. })), "another log's entry");
 }
 
 #[test]
@@ -494,10 +418,7 @@ fn non_canonical_json_signed_by_the_log_key_is_an_entry_syntax_error() {
     let (ledger, _) = given_export(Spec::new(6));
     let edits: [(&str, fn(&str) -> String); 3] = [
         ("whitespace", |t| t.replacen("{\"actor\":", "{ \"actor\":", 1)),
-        ("unsorted keys", |t| {
-            t.replacen(",\"v\":1}", "}", 1)
-                .replacen("{\"actor\":", "{\"v\":1,\"actor\":", 1)
-        }),
+        ("unsorted keys", |t| t.replacen(",\"v\":1}", "}", 1).replacen("{\"actor\":", "{\"v\":1,\"actor\":", 1)),
         ("escaped slash", |t| t.replacen("web/admin", "web\\/admin", 1)),
     ];
     for (name, edit) in edits {
@@ -506,11 +427,7 @@ fn non_canonical_json_signed_by_the_log_key_is_an_entry_syntax_error() {
         assert_ne!(entries[1], ledger.entries[1], "{name} changed the entry");
         let dir = rewritten_export(&ledger, &entries);
         let failure = verify(dir.path(), &ledger.keys()).expect_err(name);
-        assert_eq!(
-            (failure.check, failure.seq),
-            (Check::EntrySyntax, Some(1)),
-            "{name}: {failure}"
-        );
+        assert_eq!((failure.check, failure.seq), (Check::EntrySyntax, Some(1)), "{name}: {failure}");
         assert!(failure.reason.contains("canonical"), "{name}: {failure}");
     }
 }
@@ -520,24 +437,14 @@ fn duplicate_json_keys_signed_by_the_log_key_are_an_entry_syntax_error() {
     let (ledger, _) = given_export(Spec::new(6));
     let edits: [(&str, fn(&str) -> String); 2] = [
         ("top level", |t| t.replacen(",\"v\":1}", ",\"v\":1,\"v\":1}", 1)),
-        ("in data", |t| {
-            t.replacen(
-                "\"request\":\"req-0001\"",
-                "\"request\":\"req-0001\",\"request\":\"req-0002\"",
-                1,
-            )
-        }),
+        ("in data", |t| t.replacen("\"request\":\"req-0001\"", "\"request\":\"req-0001\",\"request\":\"req-0002\"", 1)),
     ];
     for (name, edit) in edits {
         let mut entries = ledger.entries.clone();
         entries[2] = resigned(&ledger, 2, edit);
         let dir = rewritten_export(&ledger, &entries);
         let failure = verify(dir.path(), &ledger.keys()).expect_err(name);
-        assert_eq!(
-            (failure.check, failure.seq),
-            (Check::EntrySyntax, Some(2)),
-            "{name}: {failure}"
-        );
+        assert_eq!((failure.check, failure.seq), (Check::EntrySyntax, Some(2)), "{name}: {failure}");
         assert!(failure.reason.contains("duplicate"), "{name}: {failure}");
     }
 }
@@ -549,26 +456,10 @@ fn a_key_rotation_the_new_key_did_not_cosign_is_refused() {
     let attacker = signer(ORIGIN, &ATTACKER_SEED);
     let event = &ledger.events[2];
     let variants = [
-        (
-            "cosigned by a third key",
-            event.sign(&[&ledger.initial, &attacker]).unwrap(),
-            Check::Signature,
-        ),
-        (
-            "old key twice",
-            event.sign(&[&ledger.initial, &ledger.initial]).unwrap(),
-            Check::Signature,
-        ),
-        (
-            "new key first",
-            event.sign(&[new, &ledger.initial]).unwrap(),
-            Check::Signature,
-        ),
-        (
-            "old key alone",
-            event.sign(&[&ledger.initial]).unwrap(),
-            Check::EntrySyntax,
-        ),
+        ("cosigned by a third key", event.sign(&[&ledger.initial, &attacker]).unwrap(), Check::Signature),
+        ("old key twice", event.sign(&[&ledger.initial, &ledger.initial]).unwrap(), Check::Signature),
+        ("new key first", event.sign(&[new, &ledger.initial]).unwrap(), Check::Signature),
+        ("old key alone", event.sign(&[&ledger.initial]).unwrap(), Check::EntrySyntax),
     ];
     for (name, entry, check) in variants {
         let mut entries = ledger.entries.clone();
@@ -583,11 +474,7 @@ fn a_key_rotation_the_new_key_did_not_cosign_is_refused() {
 fn a_pinned_key_range_that_excludes_the_signing_seq_is_refused() {
     let (ledger, dir) = given_export(Spec::new(6));
     let key = ledger.initial.verifier().clone();
-    let ending = KeySet::new(vec![PinnedKey {
-        key: key.clone(),
-        from: 0,
-        to: Some(3),
-    }]);
+    let ending = KeySet::new(vec![PinnedKey { key: key.clone(), from: 0, to: Some(3) }]);
     assert_fails(verify(dir.path(), &ending), Check::KeyNotInForce, Some(3));
     let starting = KeySet::new(vec![PinnedKey { key, from: 2, to: None }]);
     assert_fails(verify(dir.path(), &starting), Check::KeyNotInForce, Some(0));
@@ -606,10 +493,8 @@ fn base_export() -> &'static (Vec<(String, Vec<u8>)>, KeySet) {
     static BASE: OnceLock<(Vec<(String, Vec<u8>)>, KeySet)> = OnceLock::new();
     BASE.get_or_init(|| {
         let (ledger, dir) = given_export(Spec::new(300).rotating_at(100));
-        let contents = files(dir.path())
-            .into_iter()
-            .map(|f| (f.clone(), fs::read(dir.path().join(&f)).unwrap()))
-            .collect();
+        let contents =
+            files(dir.path()).into_iter().map(|f| (f.clone(), fs::read(dir.path().join(&f)).unwrap())).collect();
         (contents, ledger.keys())
     })
 }
@@ -626,13 +511,7 @@ fn write_files(dir: &Path, contents: &[(String, Vec<u8>)]) {
 fn the_proptest_base_export_has_partial_tiles_at_two_levels() {
     let (contents, _) = base_export();
     let names: Vec<&str> = contents.iter().map(|(n, _)| n.as_str()).collect();
-    for expected in [
-        "checkpoint",
-        "entries.jsonl",
-        "tile/0/001.p/44",
-        "tile/1/000.p/1",
-        "tile/entries/001.p/44",
-    ] {
+    for expected in ["checkpoint", "entries.jsonl", "tile/0/001.p/44", "tile/1/000.p/1", "tile/entries/001.p/44"] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
 }

@@ -63,10 +63,7 @@ fn read_key(value: &str) -> Result<PinnedKey, String> {
     };
     let path = std::path::Path::new(spec);
     let key_text = if !spec.contains('+') && path.is_file() {
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("--key {spec}: {e}"))?
-            .trim()
-            .to_string()
+        std::fs::read_to_string(path).map_err(|e| format!("--key {spec}: {e}"))?.trim().to_string()
     } else {
         spec.to_string()
     };
@@ -92,16 +89,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         let mut value = |name: &str| iter.next().cloned().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "-h" | "--help" => {
-                return Ok(Args {
-                    command: Command::Help,
-                    ..parsed
-                });
+                return Ok(Args { command: Command::Help, ..parsed });
             }
             "-V" | "--version" => {
-                return Ok(Args {
-                    command: Command::Version,
-                    ..parsed
-                });
+                return Ok(Args { command: Command::Version, ..parsed });
             }
             "--key" => parsed.keys.push(read_key(&value("--key")?)?),
             "--anchor" => parsed.anchor = Some(PathBuf::from(value("--anchor")?)),
@@ -219,9 +210,7 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
         let _ = writeln!(err, "portcullis-verify: {} is not a directory", dir.display());
         return 2;
     }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let show_progress = std::io::stderr().is_terminal();
     let started = Instant::now();
     let progress = |done: u64, total: u64| {
@@ -292,10 +281,7 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
                     let _ = writeln!(out, "  key:      {key} from entry {from}");
                 }
                 if let Some(anchor) = summary.anchor_size {
-                    let _ = writeln!(
-                        out,
-                        "  anchor:   consistent with the pinned checkpoint of size {anchor}"
-                    );
+                    let _ = writeln!(out, "  anchor:   consistent with the pinned checkpoint of size {anchor}");
                 }
                 let _ = writeln!(
                     out,
