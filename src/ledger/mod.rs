@@ -21,6 +21,7 @@ use portcullis_format::merkle::{Frontier, Hash, leaf_hash};
 use portcullis_format::note::SignerKey;
 use portcullis_format::time::Timestamp;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -90,7 +91,7 @@ pub enum LedgerError {
 }
 
 enum Request {
-    Append { drafts: Vec<EventDraft>, respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>> },
+    Append { drafts: Vec<EventDraft>, respond: Responder },
     Checkpoint { respond: oneshot::Sender<Result<(u64, String), LedgerError>> },
     Rotate { new_key: Box<SignerKey>, actor: Actor, respond: oneshot::Sender<Result<Receipt, AppendError>> },
     Shutdown,
@@ -133,7 +134,15 @@ impl Ledger {
         let origin = signer.name().to_string();
         let (head_tx, head_rx) = watch::channel(Head { size: state.frontier.size(), root: state.frontier.root() });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-        let mut sequencer = Sequencer { store: Arc::clone(&store), signer, state, head: head_tx, config };
+        let mut sequencer = Sequencer {
+            store: Arc::clone(&store),
+            signer,
+            state,
+            head: Arc::new(head_tx),
+            config,
+            epoch: Arc::new(AtomicU64::new(0)),
+            seen_epoch: 0,
+        };
         if sequencer.state.frontier.size() == 0 {
             sequencer
                 .create_ledger()
@@ -241,23 +250,100 @@ pub(crate) struct State {
     pub checkpoint_size: Option<u64>,
 }
 
-struct Sequencer {
-    store: Arc<dyn Store>,
-    signer: SignerKey,
-    state: State,
-    head: watch::Sender<Head>,
-    config: LedgerConfig,
-}
+type Responder = oneshot::Sender<Result<Vec<Receipt>, AppendError>>;
 
 /// Entries signed but not yet committed.
 struct Pending {
     batch: AppendBatch,
+    /// The sequencer's state once this batch is durable.
     state: State,
-    responders: Vec<(oneshot::Sender<Result<Vec<Receipt>, AppendError>>, Vec<Receipt>)>,
+    responders: Vec<(Responder, Vec<Receipt>)>,
+}
+
+impl Pending {
+    fn fail(self, error: AppendError) {
+        let message = error.to_string();
+        for (respond, _) in self.responders {
+            let _ = respond.send(Err(AppendError::Store(message.clone())));
+        }
+    }
+}
+
+fn publish(head: &watch::Sender<Head>, state: &State) {
+    head.send_replace(Head { size: state.frontier.size(), root: state.frontier.root() });
+}
+
+enum WriterMsg {
+    Batch { pending: Pending, epoch: u64 },
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The writer thread: commits batches in order, one transaction (one fsync)
+/// each, and answers their senders only after the commit.
+struct Writer {
+    store: Arc<dyn Store>,
+    head: Arc<watch::Sender<Head>>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(self, rx: std::sync::mpsc::Receiver<WriterMsg>) {
+        for message in rx {
+            match message {
+                WriterMsg::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                WriterMsg::Batch { pending, epoch } => {
+                    if epoch != self.epoch.load(Ordering::Acquire) {
+                        // Signed on top of a batch that failed: its chain is broken.
+                        pending.fail(AppendError::Store("an earlier append failed; retry".into()));
+                        continue;
+                    }
+                    match self.store.append(&pending.batch) {
+                        Ok(()) => {
+                            publish(&self.head, &pending.state);
+                            for (respond, receipts) in pending.responders {
+                                let _ = respond.send(Ok(receipts));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!("append of {} entries failed: {e}", pending.batch.entries.len());
+                            self.epoch.fetch_add(1, Ordering::AcqRel);
+                            pending.fail(AppendError::Store(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Sequencer {
+    store: Arc<dyn Store>,
+    signer: SignerKey,
+    state: State,
+    head: Arc<watch::Sender<Head>>,
+    config: LedgerConfig,
+    /// Bumped by the writer when a commit fails; batches signed before that are refused.
+    epoch: Arc<AtomicU64>,
+    seen_epoch: u64,
 }
 
 impl Sequencer {
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        // The writer commits batch k while this thread signs batch k+1; the
+        // channel holds one batch, so at most two are signed but not durable.
+        let (writer_tx, writer_rx) = std::sync::mpsc::sync_channel::<WriterMsg>(1);
+        let writer =
+            Writer { store: Arc::clone(&self.store), head: Arc::clone(&self.head), epoch: Arc::clone(&self.epoch) };
+        let writer_thread =
+            match std::thread::Builder::new().name("portcullis-writer".into()).spawn(move || writer.run(writer_rx)) {
+                Ok(handle) => handle,
+                Err(e) => {
+                    tracing::error!("the ledger writer thread could not start: {e}");
+                    return;
+                }
+            };
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else { break };
@@ -274,30 +360,41 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            if self.epoch.load(Ordering::Acquire) != self.seen_epoch {
+                self.sync(&writer_tx);
+            }
             let mut pending = self.start_batch();
             for request in requests {
                 match request {
                     Request::Append { drafts, respond } => self.sign_into(&mut pending, drafts, respond),
                     Request::Checkpoint { respond } => {
-                        pending = self.commit(pending);
+                        self.dispatch(pending, &writer_tx);
+                        self.sync(&writer_tx);
                         let _ = respond.send(self.sign_checkpoint());
+                        pending = self.start_batch();
                     }
                     Request::Rotate { new_key, actor, respond } => {
-                        pending = self.commit(pending);
+                        self.dispatch(pending, &writer_tx);
+                        self.sync(&writer_tx);
                         let _ = respond.send(self.rotate(*new_key, actor));
+                        pending = self.start_batch();
                     }
                     Request::Shutdown => stopping = true,
                 }
             }
-            self.commit(pending);
+            self.dispatch(pending, &writer_tx);
         }
-        // Refuse what arrives from now on, then leave a checkpoint of the final state.
+        // Refuse what arrives from now on, let the writer finish, then leave a
+        // checkpoint of the final state.
         rx.close();
         while let Ok(request) = rx.try_recv() {
             if let Request::Append { respond, .. } = request {
                 let _ = respond.send(Err(AppendError::Closed));
             }
         }
+        self.sync(&writer_tx);
+        drop(writer_tx);
+        let _ = writer_thread.join();
         if let Err(e) = self.sign_checkpoint() {
             tracing::warn!("final checkpoint failed: {e}");
         }
@@ -311,13 +408,37 @@ impl Sequencer {
         }
     }
 
+    /// Hands a signed batch to the writer and continues on top of it.
+    fn dispatch(&mut self, pending: Pending, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
+        if pending.batch.entries.is_empty() {
+            return;
+        }
+        let state = pending.state.clone();
+        if let Err(std::sync::mpsc::SendError(WriterMsg::Batch { pending, .. })) =
+            writer.send(WriterMsg::Batch { pending, epoch: self.seen_epoch })
+        {
+            pending.fail(AppendError::Store("the ledger writer stopped".into()));
+            return;
+        }
+        self.state = state;
+    }
+
+    /// Waits until the writer has handled every batch sent so far; if one
+    /// failed, reloads the state from the store.
+    fn sync(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        if writer.send(WriterMsg::Barrier(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if epoch != self.seen_epoch {
+            self.reload();
+            self.seen_epoch = epoch;
+        }
+    }
+
     /// Signs one request's events into the pending batch, all or none.
-    fn sign_into(
-        &self,
-        pending: &mut Pending,
-        drafts: Vec<EventDraft>,
-        respond: oneshot::Sender<Result<Vec<Receipt>, AppendError>>,
-    ) {
+    fn sign_into(&self, pending: &mut Pending, drafts: Vec<EventDraft>, respond: Responder) {
         let saved = (pending.state.clone(), pending.batch.entries.len(), pending.batch.nodes.len());
         let mut receipts = Vec::with_capacity(drafts.len());
         for draft in drafts {
@@ -355,34 +476,8 @@ impl Sequencer {
         Ok(Receipt { seq: event.seq, id: event.draft.id, leaf_hash: leaf, ts })
     }
 
-    /// Commits the pending batch, answers its senders, and returns a fresh batch.
-    fn commit(&mut self, pending: Pending) -> Pending {
-        if pending.batch.entries.is_empty() {
-            return self.start_batch();
-        }
-        match self.store.append(&pending.batch) {
-            Ok(()) => {
-                self.state = pending.state;
-                self.publish_head();
-                for (respond, receipts) in pending.responders {
-                    let _ = respond.send(Ok(receipts));
-                }
-            }
-            Err(e) => {
-                tracing::error!("append of {} entries failed: {e}", pending.batch.entries.len());
-                let message = e.to_string();
-                for (respond, _) in pending.responders {
-                    let _ = respond.send(Err(AppendError::Store(message.clone())));
-                }
-                self.reload();
-            }
-        }
-        self.start_batch()
-    }
-
     fn publish_head(&self) {
-        let head = Head { size: self.state.frontier.size(), root: self.state.frontier.root() };
-        self.head.send_replace(head);
+        publish(&self.head, &self.state);
     }
 
     /// After a failed append, trust only what the store holds.

@@ -195,3 +195,97 @@ async fn a_rotated_key_signs_from_the_next_entry_and_the_export_verifies_with_th
     let keys = store.keys().unwrap();
     assert_eq!(keys.iter().map(|k| k.from_seq).collect::<Vec<_>>(), vec![0, rotation.seq + 1]);
 }
+
+/// A store that fails every `fail_every`-th append, as a full disk or a lost
+/// connection would, and otherwise passes through to SQLite.
+struct FlakyStore {
+    inner: SqliteStore,
+    appends: std::sync::atomic::AtomicU64,
+    fail_every: u64,
+}
+
+impl Store for FlakyStore {
+    fn size(&self) -> Result<u64, portcullis::store::StoreError> {
+        self.inner.size()
+    }
+    fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
+        let n = self.appends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n > 0 && n % self.fail_every == 0 {
+            return Err(portcullis::store::StoreError::Corrupt("injected failure".into()));
+        }
+        self.inner.append(batch)
+    }
+    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, portcullis::store::StoreError> {
+        self.inner.entries(from, limit)
+    }
+    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, portcullis::store::StoreError> {
+        self.inner.node(level, index)
+    }
+    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, portcullis::store::StoreError> {
+        self.inner.nodes(level, from, count)
+    }
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), portcullis::store::StoreError> {
+        self.inner.put_checkpoint(size, note)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, portcullis::store::StoreError> {
+        self.inner.latest_checkpoint()
+    }
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, portcullis::store::StoreError> {
+        self.inner.checkpoint_at(size)
+    }
+    fn keys(&self) -> Result<Vec<portcullis::store::KeyRecord>, portcullis::store::StoreError> {
+        self.inner.keys()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commits_are_never_acknowledged_and_the_chain_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlakyStore {
+        inner: SqliteStore::open(&dir.path().join("ledger.db")).unwrap(),
+        appends: std::sync::atomic::AtomicU64::new(0),
+        fail_every: 3,
+    };
+    let config = LedgerConfig { max_batch: 16, ..LedgerConfig::default() };
+    let (ledger, thread) = Ledger::open(Arc::new(store), signer(1), config).unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..32u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..30 {
+                let draft = draft(writer * 100 + i);
+                let id = draft.id;
+                outcomes.push((id, ledger.append(draft).await));
+            }
+            outcomes
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        for (id, outcome) in task.await.unwrap() {
+            match outcome {
+                Ok(receipt) => acknowledged.push((receipt.seq, id)),
+                Err(AppendError::Store(_)) => failed += 1,
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+    }
+    assert!(failed > 0, "the injected failures were hit");
+    assert!(!acknowledged.is_empty());
+    let store = Arc::clone(ledger.store());
+    close(ledger, thread).await;
+    for (seq, id) in &acknowledged {
+        let entry = store.entries(*seq, 1).unwrap().pop().expect("acknowledged entries are stored");
+        assert_eq!(ParsedEntry::parse(&entry).unwrap().event.draft.id, *id);
+    }
+    assert_eq!(
+        store.size().unwrap(),
+        acknowledged.len() as u64 + 1,
+        "only acknowledged events (and entry 0) were stored"
+    );
+    let export = dir.path().join("export");
+    portcullis::export::export(store.as_ref(), &export, 0, None, &|_, _| {}).unwrap();
+    verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap();
+}

@@ -112,15 +112,16 @@ fn person(sub: &str, group: &str) -> Actor {
     Actor { sub: sub.into(), groups: vec![group.into()], via: "oidc".into() }
 }
 
-/// The draft of event `seq`: a realistic request / approval / grant cycle.
-fn draft(origin: &str, seq: u64, forked: bool) -> EventDraft {
-    let n = (seq.saturating_sub(1)) / 4 + 1;
+/// The draft of event `seq`, at position `slot` of a realistic request /
+/// approval / grant cycle (a rotation takes no slot, so the cycle resumes after it).
+fn draft(origin: &str, seq: u64, slot: u64, forked: bool) -> EventDraft {
+    let n = (slot.saturating_sub(1)) / 4 + 1;
     let request = format!("req-{n:04}");
     let grant = format!("grant-{n:04}");
-    let (kind, actor, mut data) = if seq == 0 {
+    let (kind, actor, mut data) = if slot == 0 {
         (KIND_LEDGER_CREATED, Actor::system(), obj(&[("origin", text(origin)), ("version", text("0.1.0"))]))
     } else {
-        match (seq - 1) % 4 {
+        match (slot - 1) % 4 {
             0 => (
                 "request.created",
                 person("alice@example.com", "sre"),
@@ -149,17 +150,15 @@ fn draft(origin: &str, seq: u64, forked: bool) -> EventDraft {
             _ => ("grant.expired", Actor::system(), obj(&[("grant", text(&grant))])),
         }
     };
-    if forked {
-        if let Json::Obj(members) = &mut data {
-            members.push(("history".into(), text("alternative")));
-        }
+    if let (true, Json::Obj(members)) = (forked, &mut data) {
+        members.push(("history".into(), text("alternative")));
     }
     EventDraft { id: event_id(origin, seq, forked), kind: kind.into(), v: 1, actor, data }
 }
 
 /// Event `seq` of `origin` with the given `prev`, ready to sign.
 pub fn event(origin: &str, seq: u64, prev: Hash) -> Event {
-    Event { log: origin.into(), seq, prev, ts: timestamp(seq), draft: draft(origin, seq, false) }
+    Event { log: origin.into(), seq, prev, ts: timestamp(seq), draft: draft(origin, seq, seq, false) }
 }
 
 impl Ledger {
@@ -172,12 +171,13 @@ impl Ledger {
         let mut prev = [0u8; 32];
         for seq in 0..spec.size {
             let forked = spec.fork_at.is_some_and(|f| seq >= f);
+            let slot = seq - u64::from(spec.rotation.is_some_and(|(r, _)| seq > r));
             let mut event = Event {
                 log: spec.origin.clone(),
                 seq,
                 prev,
                 ts: timestamp(seq),
-                draft: draft(&spec.origin, seq, forked),
+                draft: draft(&spec.origin, seq, slot, forked),
             };
             let entry = match (spec.rotation, &rotated) {
                 (Some((r, _)), Some(new)) if seq == r => {
@@ -365,15 +365,6 @@ pub fn files(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-/// Copies every file of `from` into `to` (which is created).
-pub fn copy_tree(from: &Path, to: &Path) {
-    for relative in files(from) {
-        let target = to.join(&relative);
-        fs::create_dir_all(target.parent().expect("has a parent")).expect("create directory");
-        fs::copy(from.join(&relative), target).expect("copy file");
-    }
 }
 
 /// A fresh temporary directory.

@@ -34,6 +34,11 @@ fn rewritten_export(ledger: &Ledger, entries: &[Vec<u8>]) -> tempfile::TempDir {
     dir
 }
 
+/// A tampering of raw entry bytes.
+type EntryEdit = fn(&[u8]) -> Vec<u8>;
+/// An edit of an entry's note text before it is signed again.
+type TextEdit = fn(&str) -> String;
+
 /// The offset of the base64 signature of an entry's last signature line.
 fn signature_offset(entry: &[u8]) -> usize {
     entry.iter().rposition(|&b| b == b' ').expect("a signature line") + 1
@@ -337,7 +342,7 @@ fn a_level_0_tile_holding_a_node_hash_in_place_of_a_leaf_does_not_reach_the_root
 
 #[test]
 fn malformed_entry_notes_are_entry_syntax_errors() {
-    let cases: [(&str, fn(&[u8]) -> Vec<u8>); 4] = [
+    let cases: [(&str, EntryEdit); 4] = [
         ("missing blank line", |e| replace_once(e, "\n\n\u{2014} ", "\n\u{2014} ")),
         ("signature not base64", |e| {
             let mut e = e.to_vec();
@@ -348,7 +353,7 @@ fn malformed_entry_notes_are_entry_syntax_errors() {
         ("control character", |e| replace_once(e, "INC-4711: rotate", "INC-4711:\trotate")),
         ("no signature line", |e| {
             let text = std::str::from_utf8(e).unwrap();
-            text[..text.rfind("\n\n").unwrap() + 2].as_bytes().to_vec()
+            text.as_bytes()[..text.rfind("\n\n").unwrap() + 2].to_vec()
         }),
     ];
     for (name, tamper) in cases {
@@ -416,7 +421,7 @@ fn malformed_or_mismatched_tlog_proofs_are_refused() {
 #[test]
 fn non_canonical_json_signed_by_the_log_key_is_an_entry_syntax_error() {
     let (ledger, _) = given_export(Spec::new(6));
-    let edits: [(&str, fn(&str) -> String); 3] = [
+    let edits: [(&str, TextEdit); 3] = [
         ("whitespace", |t| t.replacen("{\"actor\":", "{ \"actor\":", 1)),
         ("unsorted keys", |t| t.replacen(",\"v\":1}", "}", 1).replacen("{\"actor\":", "{\"v\":1,\"actor\":", 1)),
         ("escaped slash", |t| t.replacen("web/admin", "web\\/admin", 1)),
@@ -435,7 +440,7 @@ fn non_canonical_json_signed_by_the_log_key_is_an_entry_syntax_error() {
 #[test]
 fn duplicate_json_keys_signed_by_the_log_key_are_an_entry_syntax_error() {
     let (ledger, _) = given_export(Spec::new(6));
-    let edits: [(&str, fn(&str) -> String); 2] = [
+    let edits: [(&str, TextEdit); 2] = [
         ("top level", |t| t.replacen(",\"v\":1}", ",\"v\":1,\"v\":1}", 1)),
         ("in data", |t| t.replacen("\"request\":\"req-0001\"", "\"request\":\"req-0001\",\"request\":\"req-0002\"", 1)),
     ];
@@ -488,9 +493,12 @@ fn a_rotated_key_pinned_for_later_entries_only_is_refused_where_it_first_signs()
     assert_fails(verify(dir.path(), &keys), Check::KeyNotInForce, Some(3));
 }
 
+/// Each file of an export: its relative path and its bytes.
+type ExportFiles = Vec<(String, Vec<u8>)>;
+
 /// The files of a 300-entry export with a key rotation (partial tiles at two levels).
-fn base_export() -> &'static (Vec<(String, Vec<u8>)>, KeySet) {
-    static BASE: OnceLock<(Vec<(String, Vec<u8>)>, KeySet)> = OnceLock::new();
+fn base_export() -> &'static (ExportFiles, KeySet) {
+    static BASE: OnceLock<(ExportFiles, KeySet)> = OnceLock::new();
     BASE.get_or_init(|| {
         let (ledger, dir) = given_export(Spec::new(300).rotating_at(100));
         let contents =
