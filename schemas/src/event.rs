@@ -207,6 +207,13 @@ impl Event {
     /// # Errors
     /// [`EntryError::Field`] naming the first bad field.
     pub fn validate(&self) -> Result<(), EntryError> {
+        self.validate_fields()?;
+        // `data` is nested one level down in the event object.
+        self.draft.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))
+    }
+
+    /// The field rules, without walking `data` (which parsed JSON already satisfies).
+    fn validate_fields(&self) -> Result<(), EntryError> {
         if !note::valid_key_name(&self.log) || self.log.len() > 255 {
             return Err(field_err("log", "must be 1 to 255 bytes without spaces or '+'"));
         }
@@ -236,8 +243,6 @@ impl Event {
         if !matches!(self.draft.data, Json::Obj(_)) {
             return Err(field_err("data", "must be an object"));
         }
-        // `data` is nested one level down in the event object.
-        self.draft.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))?;
         if self.draft.kind == KIND_KEY_ROTATED {
             rotation_key(&self.draft.data, &self.log)?;
         }
@@ -272,6 +277,11 @@ pub struct ParsedEntry {
 }
 
 impl ParsedEntry {
+    /// The canonical JSON line of the event, borrowed from the entry it was parsed from.
+    pub fn json_line<'a>(&self, entry: &'a [u8]) -> &'a [u8] {
+        &entry[EVENT_HEADER.len() + 1..self.text_len - 1]
+    }
+
     /// Parses and checks an entry: note syntax, header, strict canonical JSON,
     /// every field's type and rules, and the number of signature lines.
     ///
@@ -294,8 +304,9 @@ impl ParsedEntry {
         if json.to_canonical() != line {
             return Err(EntryError::NotCanonical);
         }
-        let event = event_from_json(&json)?;
-        event.validate()?;
+        let event = event_from_json(json)?;
+        // The parser already enforced the strict JSON subset on `data`.
+        event.validate_fields()?;
         let new_key = if event.draft.kind == KIND_KEY_ROTATED {
             Some(rotation_key(&event.draft.data, &event.log)?)
         } else {
@@ -309,7 +320,16 @@ impl ParsedEntry {
     }
 }
 
-fn event_from_json(json: &Json) -> Result<Event, EntryError> {
+fn event_from_json(mut json: Json) -> Result<Event, EntryError> {
+    // Take `data` out instead of cloning it: it can be most of the event.
+    let data = match &mut json {
+        Json::Obj(members) => match members.iter_mut().find(|(k, _)| k == "data") {
+            Some((_, value)) => std::mem::replace(value, Json::Null),
+            None => return Err(field_err("data", "missing")),
+        },
+        _ => return Err(field_err("event", "must be a JSON object")),
+    };
+    let json = &json;
     let Json::Obj(members) = json else {
         return Err(field_err("event", "must be a JSON object"));
     };
@@ -338,7 +358,6 @@ fn event_from_json(json: &Json) -> Result<Event, EntryError> {
     let v = u32::try_from(integer("v")?).map_err(|_| field_err("v", "must be 1 to 65535"))?;
     let id = EventId::parse(string("id")?).ok_or_else(|| field_err("id", "must be 32 lowercase hex digits"))?;
     let actor = actor_from_json(get("actor")?)?;
-    let data = get("data")?.clone();
     Ok(Event { log, seq, prev, ts, draft: EventDraft { id, kind, v, actor, data } })
 }
 

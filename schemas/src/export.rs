@@ -27,7 +27,15 @@ pub const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// The `entries.jsonl` line of an entry (without the newline): canonical JSON
 /// `{"event":{...},"leaf_hash":"...","seq":N,"signatures":[{"key_id":"...","name":"...","signature":"..."}]}`.
-pub fn jsonl_line(parsed: &ParsedEntry, leaf: &Hash) -> String {
+/// The `event` member is the entry's own canonical JSON line, copied verbatim.
+pub fn jsonl_line(parsed: &ParsedEntry, entry: &[u8], leaf: &Hash) -> String {
+    let event = String::from_utf8_lossy(parsed.json_line(entry));
+    let mut line = String::with_capacity(event.len() + 200);
+    line.push_str("{\"event\":");
+    line.push_str(&event);
+    line.push_str(",\"leaf_hash\":");
+    Json::Str(B64.encode(leaf)).write_canonical(&mut line);
+    line.push_str(&format!(",\"seq\":{},\"signatures\":", parsed.event.seq));
     let signatures = parsed
         .signatures
         .iter()
@@ -39,13 +47,9 @@ pub fn jsonl_line(parsed: &ParsedEntry, leaf: &Hash) -> String {
             ])
         })
         .collect();
-    Json::Obj(vec![
-        ("event".into(), parsed.event.to_json()),
-        ("leaf_hash".into(), Json::Str(B64.encode(leaf))),
-        ("seq".into(), Json::Int(parsed.event.seq as i64)),
-        ("signatures".into(), Json::Arr(signatures)),
-    ])
-    .to_canonical()
+    Json::Arr(signatures).write_canonical(&mut line);
+    line.push('}');
+    line
 }
 
 /// Builds the hash tiles of a tree as leaves arrive.
@@ -191,7 +195,7 @@ impl ExportWriter {
         self.entries_pushed = true;
         let parsed = ParsedEntry::parse(&entry).map_err(|source| ExportError::Entry { seq, source })?;
         let leaf = leaf_hash(&entry);
-        let line = jsonl_line(&parsed, &leaf);
+        let line = jsonl_line(&parsed, &entry, &leaf);
         let jsonl_path = self.dir.join(JSONL_FILE);
         writeln!(self.jsonl, "{line}").map_err(io_err(&jsonl_path))?;
         self.push_leaf(leaf)?;

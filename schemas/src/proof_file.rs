@@ -132,7 +132,9 @@ impl ProofFile {
         let text = &entry[..parsed.text_len];
         let signed =
             keys.candidates(self.index).any(|key| key.name() == origin && key.verify(text, &parsed.signatures[0]));
-        if !signed {
+        // A key rotation must also carry the new key's signature (proof of possession).
+        let cosigned = parsed.new_key.as_ref().is_none_or(|new_key| new_key.verify(text, &parsed.signatures[1]));
+        if !signed || !cosigned {
             return Err(ProofFileError::EntrySignature(self.index));
         }
         merkle::verify_inclusion(

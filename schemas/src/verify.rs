@@ -29,7 +29,7 @@ use crate::note::VerifierKey;
 use crate::tiles::{TILE_WIDTH, Tile, decode_bundle};
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, mpsc};
 
@@ -131,6 +131,8 @@ struct WorkedEntry {
     /// Per signature line: the public key it was checked against and the
     /// verdict, or `None` when its key was not known to the worker.
     signature_ok: Vec<Option<([u8; 32], bool)>>,
+    /// The expected `entries.jsonl` line, with its LF.
+    jsonl: Vec<u8>,
     entry: Vec<u8>,
 }
 
@@ -161,8 +163,16 @@ fn read_bundle(dir: &Path, tile: Tile, candidates: &RwLock<Vec<VerifierKey>>) ->
                     }
                 }
             }
-            let signature_ok = parsed.as_ref().map(|p| vec![None; p.signatures.len()]).unwrap_or_default();
-            WorkedEntry { leaf: leaf_hash(entry), parsed, signature_ok, entry: entry.to_vec() }
+            let leaf = leaf_hash(entry);
+            let (signature_ok, jsonl) = match &parsed {
+                Ok(p) => {
+                    let mut line = jsonl_line(p, entry, &leaf).into_bytes();
+                    line.push(b'\n');
+                    (vec![None; p.signatures.len()], line)
+                }
+                Err(_) => (Vec::new(), Vec::new()),
+            };
+            WorkedEntry { leaf, parsed, signature_ok, jsonl, entry: entry.to_vec() }
         })
         .collect();
     batch_verify(&mut worked, &candidates.read().unwrap_or_else(|e| e.into_inner()));
@@ -215,7 +225,7 @@ struct Walk<'k> {
     key_history: Vec<(VerifierKey, u64)>,
     anchor_size: Option<u64>,
     root_at_anchor: Option<Hash>,
-    jsonl: Option<std::io::Lines<BufReader<fs::File>>>,
+    jsonl: Option<BufReader<fs::File>>,
     dir: PathBuf,
     verified: u64,
 }
@@ -313,14 +323,15 @@ impl Walk<'_> {
             self.key_history.push((new_key.clone(), seq + 1));
             self.current_key = Some(new_key.clone());
         }
-        if let Some(lines) = &mut self.jsonl {
-            let expected = jsonl_line(&parsed, &worked.leaf);
-            match lines.next() {
-                Some(Ok(line)) if line == expected => {}
-                Some(Ok(_)) => {
-                    return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line does not match the entry");
-                }
-                _ => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line missing"),
+        if let Some(jsonl) = &mut self.jsonl {
+            // Byte-exact: the canonical line and a single LF.
+            let expected = &worked.jsonl;
+            let mut line = Vec::with_capacity(expected.len());
+            match jsonl.read_until(b'\n', &mut line) {
+                Ok(0) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line missing"),
+                Ok(_) if line == *expected => {}
+                Ok(_) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line does not match the entry"),
+                Err(e) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), format!("cannot read: {e}")),
             }
         }
         if self.first_ts.is_none() {
@@ -490,7 +501,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     }
 
     let jsonl = match fs::File::open(dir.join(JSONL_FILE)) {
-        Ok(file) => Some(BufReader::new(file).lines()),
+        Ok(file) => Some(BufReader::new(file)),
         Err(e) => return fail(Check::Layout, None, Some(JSONL_FILE), format!("cannot read: {e}")),
     };
     let mut walk = Walk {
@@ -599,8 +610,9 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
             "the root recomputed from the entries differs from the checkpoint's",
         );
     }
-    if let Some(lines) = &mut walk.jsonl {
-        if lines.next().is_some() {
+    if let Some(jsonl) = &mut walk.jsonl {
+        let mut rest = [0u8; 1];
+        if jsonl.read(&mut rest).map_or(true, |n| n > 0) {
             return fail(Check::Jsonl, None, Some(JSONL_FILE), "more lines than entries");
         }
     }
