@@ -301,7 +301,9 @@ impl ParsedEntry {
             return Err(EntryError::TextShape);
         }
         let json = Json::parse(line.as_bytes())?;
-        if json.to_canonical() != line {
+        let mut canonical = String::with_capacity(line.len());
+        json.write_canonical(&mut canonical);
+        if canonical != line {
             return Err(EntryError::NotCanonical);
         }
         let event = event_from_json(json)?;

@@ -25,31 +25,30 @@ pub const JSONL_FILE: &str = "entries.jsonl";
 /// The name of the checkpoint file in an export.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 
-/// The `entries.jsonl` line of an entry (without the newline): canonical JSON
+/// Appends the `entries.jsonl` line of an entry and its LF to `out`: canonical JSON
 /// `{"event":{...},"leaf_hash":"...","seq":N,"signatures":[{"key_id":"...","name":"...","signature":"..."}]}`.
 /// The `event` member is the entry's own canonical JSON line, copied verbatim.
-pub fn jsonl_line(parsed: &ParsedEntry, entry: &[u8], leaf: &Hash) -> String {
-    let event = String::from_utf8_lossy(parsed.json_line(entry));
-    let mut line = String::with_capacity(event.len() + 200);
-    line.push_str("{\"event\":");
-    line.push_str(&event);
-    line.push_str(",\"leaf_hash\":");
-    Json::Str(B64.encode(leaf)).write_canonical(&mut line);
-    line.push_str(&format!(",\"seq\":{},\"signatures\":", parsed.event.seq));
-    let signatures = parsed
-        .signatures
-        .iter()
-        .map(|s| {
-            Json::Obj(vec![
-                ("key_id".into(), Json::Str(format!("{:08x}", s.key_id))),
-                ("name".into(), Json::Str(s.name.clone())),
-                ("signature".into(), Json::Str(B64.encode(&s.signature))),
-            ])
-        })
-        .collect();
-    Json::Arr(signatures).write_canonical(&mut line);
-    line.push('}');
-    line
+pub fn write_jsonl_line(parsed: &ParsedEntry, entry: &[u8], leaf: &Hash, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"event\":");
+    out.extend_from_slice(parsed.json_line(entry));
+    out.extend_from_slice(b",\"leaf_hash\":\"");
+    let mut encoded = [0u8; 44];
+    let n = B64.encode_slice(leaf, &mut encoded).unwrap_or(0);
+    out.extend_from_slice(&encoded[..n]);
+    out.extend_from_slice(format!("\",\"seq\":{},\"signatures\":[", parsed.event.seq).as_bytes());
+    for (i, signature) in parsed.signatures.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut name = String::with_capacity(signature.name.len() + 2);
+        Json::Str(signature.name.clone()).write_canonical(&mut name);
+        out.extend_from_slice(
+            format!("{{\"key_id\":\"{:08x}\",\"name\":{name},\"signature\":\"", signature.key_id).as_bytes(),
+        );
+        out.extend_from_slice(B64.encode(&signature.signature).as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}\n");
 }
 
 /// Builds the hash tiles of a tree as leaves arrive.
@@ -123,6 +122,7 @@ pub struct ExportWriter {
     tiles: TileBuilder,
     bundle: Vec<Vec<u8>>,
     jsonl: BufWriter<fs::File>,
+    line: Vec<u8>,
     entries_pushed: bool,
 }
 
@@ -155,6 +155,7 @@ impl ExportWriter {
             tiles: TileBuilder::default(),
             bundle: Vec::new(),
             jsonl,
+            line: Vec::new(),
             entries_pushed: false,
         })
     }
@@ -195,9 +196,10 @@ impl ExportWriter {
         self.entries_pushed = true;
         let parsed = ParsedEntry::parse(&entry).map_err(|source| ExportError::Entry { seq, source })?;
         let leaf = leaf_hash(&entry);
-        let line = jsonl_line(&parsed, &entry, &leaf);
+        self.line.clear();
+        write_jsonl_line(&parsed, &entry, &leaf, &mut self.line);
         let jsonl_path = self.dir.join(JSONL_FILE);
-        writeln!(self.jsonl, "{line}").map_err(io_err(&jsonl_path))?;
+        self.jsonl.write_all(&self.line).map_err(io_err(&jsonl_path))?;
         self.push_leaf(leaf)?;
         self.bundle.push(entry);
         if self.tiles.size() % TILE_WIDTH == 0 {

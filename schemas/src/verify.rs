@@ -21,8 +21,8 @@
 //! window of bundles in flight, plus 16 bytes per entry for the id set.
 
 use crate::checkpoint::{Checkpoint, SignedCheckpoint};
-use crate::event::{EntryError, ParsedEntry};
-use crate::export::{CHECKPOINT_FILE, JSONL_FILE, TileBuilder, jsonl_line};
+use crate::event::{EntryError, EventId, ParsedEntry};
+use crate::export::{CHECKPOINT_FILE, JSONL_FILE, TileBuilder, write_jsonl_line};
 use crate::keys::KeySet;
 use crate::merkle::{Hash, leaf_hash};
 use crate::note::VerifierKey;
@@ -124,24 +124,48 @@ pub struct Options<'a> {
     pub progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
 }
 
-/// A verified-in-parallel entry, ready for the in-order checks.
-struct WorkedEntry {
-    parsed: Result<ParsedEntry, EntryError>,
+/// What a worker established about one entry, in a compact form: the main
+/// thread receives plain data, so almost nothing allocated by a worker is
+/// freed on the main thread (which would contend on the allocator's locks).
+struct Facts {
+    /// Why the entry does not parse; the other fields are meaningless then.
+    syntax: Option<String>,
+    seq: u64,
+    /// `Some(log)` when the entry's log is not the export's origin.
+    foreign_log: Option<String>,
+    prev: Hash,
+    ts: crate::time::Timestamp,
+    id: EventId,
     leaf: Hash,
-    /// Per signature line: the public key it was checked against and the
-    /// verdict, or `None` when its key was not known to the worker.
-    signature_ok: Vec<Option<([u8; 32], bool)>>,
-    /// The expected `entries.jsonl` line, with its LF.
+    signatures: [Option<SignatureFact>; 2],
+    new_key: Option<VerifierKey>,
+    /// The entry, kept only when a signature could not be checked by the worker.
+    deferred: Option<Box<(Vec<u8>, ParsedEntry)>>,
+    /// Length of this entry's expected line in the bundle's `entries.jsonl` text.
+    jsonl_len: usize,
+}
+
+#[derive(Clone)]
+struct SignatureFact {
+    /// `None` when the name is the origin (the usual case).
+    other_name: Option<String>,
+    key_id: u32,
+    /// The public key the worker checked it with, and the verdict.
+    checked: Option<([u8; 32], bool)>,
+}
+
+struct WorkedBundle {
+    facts: Vec<Facts>,
+    /// The expected `entries.jsonl` lines of the bundle, each with its LF.
     jsonl: Vec<u8>,
-    entry: Vec<u8>,
 }
 
 enum BundleResult {
-    Entries(Vec<WorkedEntry>),
+    Entries(WorkedBundle),
     Unreadable(String),
 }
 
-fn read_bundle(dir: &Path, tile: Tile, candidates: &RwLock<Vec<VerifierKey>>) -> BundleResult {
+fn read_bundle(dir: &Path, tile: Tile, origin: &str, candidates: &RwLock<Vec<VerifierKey>>) -> BundleResult {
     let path = dir.join(tile.entries_path());
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -151,70 +175,106 @@ fn read_bundle(dir: &Path, tile: Tile, candidates: &RwLock<Vec<VerifierKey>>) ->
         Ok(entries) => entries,
         Err(e) => return BundleResult::Unreadable(e.to_string()),
     };
-    let mut worked: Vec<WorkedEntry> = entries
-        .into_iter()
-        .map(|entry| {
-            let parsed = ParsedEntry::parse(entry);
-            if let Ok(p) = &parsed {
-                if let Some(new_key) = &p.new_key {
-                    let mut keys = candidates.write().unwrap_or_else(|e| e.into_inner());
-                    if !keys.contains(new_key) {
-                        keys.push(new_key.clone());
-                    }
-                }
-            }
+    let parsed: Vec<Result<ParsedEntry, EntryError>> = entries.iter().map(|entry| ParsedEntry::parse(entry)).collect();
+    for new_key in parsed.iter().filter_map(|p| p.as_ref().ok()?.new_key.as_ref()) {
+        let mut keys = candidates.write().unwrap_or_else(|e| e.into_inner());
+        if !keys.contains(new_key) {
+            keys.push(new_key.clone());
+        }
+    }
+    let verdicts = batch_verify(&entries, &parsed, &candidates.read().unwrap_or_else(|e| e.into_inner()));
+    let mut jsonl = Vec::with_capacity(bytes.len() + entries.len() * 200);
+    let facts = entries
+        .iter()
+        .zip(parsed)
+        .zip(verdicts)
+        .enumerate()
+        .map(|(i, ((entry, parsed), verdicts))| {
             let leaf = leaf_hash(entry);
-            let (signature_ok, jsonl) = match &parsed {
-                Ok(p) => {
-                    let mut line = jsonl_line(p, entry, &leaf).into_bytes();
-                    line.push(b'\n');
-                    (vec![None; p.signatures.len()], line)
+            let parsed = match parsed {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    return Facts {
+                        syntax: Some(e.to_string()),
+                        seq: tile.index * TILE_WIDTH + i as u64,
+                        foreign_log: None,
+                        prev: [0u8; 32],
+                        ts: crate::time::Timestamp::EPOCH,
+                        id: EventId([0u8; 16]),
+                        leaf,
+                        signatures: [None, None],
+                        new_key: None,
+                        deferred: None,
+                        jsonl_len: 0,
+                    };
                 }
-                Err(_) => (Vec::new(), Vec::new()),
             };
-            WorkedEntry { leaf, parsed, signature_ok, jsonl, entry: entry.to_vec() }
+            let before = jsonl.len();
+            write_jsonl_line(&parsed, entry, &leaf, &mut jsonl);
+            let mut signatures = [None, None];
+            for (slot, (signature, checked)) in signatures.iter_mut().zip(parsed.signatures.iter().zip(verdicts)) {
+                *slot = Some(SignatureFact {
+                    other_name: (signature.name != origin).then(|| signature.name.clone()),
+                    key_id: signature.key_id,
+                    checked,
+                });
+            }
+            let unchecked = signatures.iter().flatten().any(|s| s.checked.is_none());
+            let event = &parsed.event;
+            Facts {
+                syntax: None,
+                seq: event.seq,
+                foreign_log: (event.log != origin).then(|| event.log.clone()),
+                prev: event.prev,
+                ts: event.ts,
+                id: event.draft.id,
+                leaf,
+                signatures,
+                new_key: parsed.new_key.clone(),
+                jsonl_len: jsonl.len() - before,
+                deferred: unchecked.then(|| Box::new((entry.to_vec(), parsed))),
+            }
         })
         .collect();
-    batch_verify(&mut worked, &candidates.read().unwrap_or_else(|e| e.into_inner()));
-    BundleResult::Entries(worked)
+    BundleResult::Entries(WorkedBundle { facts, jsonl })
 }
 
 /// Verifies every signature whose key is known, in one batch; on a batch
-/// failure, verifies each strictly to find the bad ones.
-fn batch_verify(worked: &mut [WorkedEntry], keys: &[VerifierKey]) {
+/// failure, verifies each strictly to find the bad ones. Returns, per entry and
+/// signature line, the key used and the verdict (`None`: key not known yet).
+fn batch_verify(
+    entries: &[&[u8]],
+    parsed: &[Result<ParsedEntry, EntryError>],
+    keys: &[VerifierKey],
+) -> Vec<[Option<([u8; 32], bool)>; 2]> {
     let mut messages: Vec<&[u8]> = Vec::new();
     let mut signatures = Vec::new();
     let mut verifying = Vec::new();
     let mut slots = Vec::new();
-    for (i, w) in worked.iter().enumerate() {
-        let Ok(parsed) = &w.parsed else { continue };
-        for (j, signature) in parsed.signatures.iter().enumerate() {
-            let Some(key) = keys.iter().find(|k| k.matches(signature)) else {
-                continue;
-            };
+    for (i, (entry, parsed)) in entries.iter().zip(parsed).enumerate() {
+        let Ok(parsed) = parsed else { continue };
+        for (j, signature) in parsed.signatures.iter().enumerate().take(2) {
+            let Some(key) = keys.iter().find(|k| k.matches(signature)) else { continue };
             let Some(sig) = signature.ed25519() else { continue };
-            messages.push(&w.entry[..parsed.text_len]);
+            messages.push(&entry[..parsed.text_len]);
             signatures.push(sig);
             verifying.push(*key.verifying_key());
-            slots.push((i, j, key.clone()));
+            slots.push((i, j, key));
         }
     }
     let batch_ok = !signatures.is_empty() && ed25519_dalek::verify_batch(&messages, &signatures, &verifying).is_ok();
+    let mut verdicts = vec![[None, None]; entries.len()];
     for (i, j, key) in slots {
-        let ok = batch_ok || {
-            let w = &worked[i];
-            let parsed = w.parsed.as_ref().ok();
-            parsed.is_some_and(|p| key.verify(&w.entry[..p.text_len], &p.signatures[j]))
-        };
-        worked[i].signature_ok[j] = Some((key.verifying_key().to_bytes(), ok));
+        let ok = batch_ok || parsed[i].as_ref().is_ok_and(|p| key.verify(&entries[i][..p.text_len], &p.signatures[j]));
+        verdicts[i][j] = Some((key.verifying_key().to_bytes(), ok));
     }
+    verdicts
 }
 
 /// The in-order state of the walk.
 struct Walk<'k> {
     keys: &'k KeySet,
     origin: String,
-    size: u64,
     tiles: TileBuilder,
     tile_error: Option<Failure>,
     prev: Hash,
@@ -226,6 +286,7 @@ struct Walk<'k> {
     anchor_size: Option<u64>,
     root_at_anchor: Option<Hash>,
     jsonl: Option<BufReader<fs::File>>,
+    jsonl_line: Vec<u8>,
     dir: PathBuf,
     verified: u64,
 }
@@ -245,48 +306,52 @@ impl Walk<'_> {
         }
     }
 
-    fn check_entry(&mut self, seq: u64, worked: WorkedEntry) -> Result<(), Failure> {
-        let parsed = match worked.parsed {
-            Ok(parsed) => parsed,
-            Err(e) => return fail(Check::EntrySyntax, Some(seq), None, e.to_string()),
-        };
-        let event = &parsed.event;
-        if event.seq != seq {
+    fn check_entry(&mut self, seq: u64, facts: Facts, expected_jsonl: &[u8]) -> Result<(), Failure> {
+        if let Some(reason) = facts.syntax {
+            return fail(Check::EntrySyntax, Some(seq), None, reason);
+        }
+        if facts.seq != seq {
             return fail(
                 Check::Sequence,
                 Some(seq),
                 None,
-                format!("entry says seq {}, but it is at position {seq}", event.seq),
+                format!("entry says seq {}, but it is at position {seq}", facts.seq),
             );
         }
-        if event.log != self.origin {
+        if let Some(log) = &facts.foreign_log {
             return fail(
                 Check::Origin,
                 Some(seq),
                 None,
-                format!("entry belongs to log {:?}, not {:?}", event.log, self.origin),
+                format!("entry belongs to log {log:?}, not {:?}", self.origin),
             );
         }
-        if event.prev != self.prev {
+        if facts.prev != self.prev {
             return fail(Check::PrevHash, Some(seq), None, "prev is not the leaf hash of the previous entry");
         }
-        if self.last_ts.is_some_and(|last| event.ts < last) {
+        if self.last_ts.is_some_and(|last| facts.ts < last) {
             return fail(
                 Check::Timestamp,
                 Some(seq),
                 None,
-                format!("timestamp {} is earlier than the previous entry's", event.ts),
+                format!("timestamp {} is earlier than the previous entry's", facts.ts),
             );
         }
-        if !self.ids.insert(event.draft.id.0) {
+        if !self.ids.insert(facts.id.0) {
             return fail(
                 Check::DuplicateId,
                 Some(seq),
                 None,
-                format!("event id {} was used by an earlier entry", event.draft.id),
+                format!("event id {} was used by an earlier entry", facts.id),
             );
         }
-        let text = &worked.entry[..parsed.text_len];
+        let [first, second] = &facts.signatures;
+        let first = first.as_ref().ok_or_else(|| Failure {
+            check: Check::EntrySyntax,
+            seq: Some(seq),
+            path: None,
+            reason: "no signature line".into(),
+        })?;
         let current = match &self.current_key {
             Some(key) => key.clone(),
             None => {
@@ -294,7 +359,7 @@ impl Walk<'_> {
                 let Some(key) = self
                     .keys
                     .candidates(seq)
-                    .find(|k| k.matches(&parsed.signatures[0]) && k.name() == self.origin)
+                    .find(|k| first.other_name.is_none() && k.name() == self.origin && k.key_id() == first.key_id)
                     .cloned()
                 else {
                     return fail(
@@ -309,7 +374,7 @@ impl Walk<'_> {
                 key
             }
         };
-        check_signature(&current, text, &parsed, 0, worked.signature_ok.first().copied().flatten(), seq)?;
+        check_signature(&current, first, 0, facts.deferred.as_deref(), seq)?;
         if !self.keys.permits(&current, seq) {
             return fail(
                 Check::KeyNotInForce,
@@ -318,60 +383,60 @@ impl Walk<'_> {
                 format!("key {current} is pinned for other sequence numbers"),
             );
         }
-        if let Some(new_key) = &parsed.new_key {
-            check_signature(new_key, text, &parsed, 1, worked.signature_ok.get(1).copied().flatten(), seq)?;
+        if let Some(new_key) = &facts.new_key {
+            let second = second.as_ref().ok_or_else(|| Failure {
+                check: Check::Signature,
+                seq: Some(seq),
+                path: None,
+                reason: "a key rotation must be signed by the new key too".into(),
+            })?;
+            check_signature(new_key, second, 1, facts.deferred.as_deref(), seq)?;
             self.key_history.push((new_key.clone(), seq + 1));
             self.current_key = Some(new_key.clone());
         }
         if let Some(jsonl) = &mut self.jsonl {
             // Byte-exact: the canonical line and a single LF.
-            let expected = &worked.jsonl;
-            let mut line = Vec::with_capacity(expected.len());
-            match jsonl.read_until(b'\n', &mut line) {
+            self.jsonl_line.clear();
+            match jsonl.read_until(b'\n', &mut self.jsonl_line) {
                 Ok(0) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line missing"),
-                Ok(_) if line == *expected => {}
+                Ok(_) if self.jsonl_line == expected_jsonl => {}
                 Ok(_) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line does not match the entry"),
                 Err(e) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), format!("cannot read: {e}")),
             }
         }
         if self.first_ts.is_none() {
-            self.first_ts = Some(event.ts.to_string());
+            self.first_ts = Some(facts.ts.to_string());
         }
-        self.last_ts = Some(event.ts);
+        self.last_ts = Some(facts.ts);
         self.verified += 1;
-        self.push_leaf(worked.leaf);
+        self.push_leaf(facts.leaf);
         Ok(())
     }
 }
 
 fn check_signature(
     key: &VerifierKey,
-    text: &[u8],
-    parsed: &ParsedEntry,
+    signature: &SignatureFact,
     line: usize,
-    precomputed: Option<([u8; 32], bool)>,
+    deferred: Option<&(Vec<u8>, ParsedEntry)>,
     seq: u64,
 ) -> Result<(), Failure> {
-    let signature = &parsed.signatures[line];
-    if !key.matches(signature) {
+    let name = signature.other_name.as_deref().unwrap_or(key.name());
+    if name != key.name() || signature.key_id != key.key_id() {
         let what = if line == 0 { "the key in force" } else { "the new key" };
         return fail(
             Check::Signature,
             Some(seq),
             None,
-            format!(
-                "signature line {} is by {}+{:08x}, not by {what} {key}",
-                line + 1,
-                signature.name,
-                signature.key_id
-            ),
+            format!("signature line {} is by {name}+{:08x}, not by {what} {key}", line + 1, signature.key_id),
         );
     }
     // A worker's verdict counts only if it was reached with this very key
     // (a name and 32-bit key ID can collide).
-    let ok = match precomputed {
-        Some((checked_with, ok)) if checked_with == key.verifying_key().to_bytes() => ok,
-        _ => key.verify(text, signature),
+    let ok = match (signature.checked, deferred) {
+        (Some((checked_with, ok)), _) if checked_with == key.verifying_key().to_bytes() => ok,
+        (_, Some((entry, parsed))) => key.verify(&entry[..parsed.text_len], &parsed.signatures[line]),
+        _ => false,
     };
     if !ok {
         return fail(Check::Signature, Some(seq), None, format!("signature by {key} does not verify"));
@@ -507,7 +572,6 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     let mut walk = Walk {
         keys: &options.keys,
         origin: checkpoint.origin.clone(),
-        size,
         tiles: TileBuilder::default(),
         tile_error: None,
         prev: [0u8; 32],
@@ -519,6 +583,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
         anchor_size: anchor.as_ref().map(|a| a.checkpoint.size),
         root_at_anchor: None,
         jsonl,
+        jsonl_line: Vec::new(),
         dir: dir.to_path_buf(),
         verified: 0,
     };
@@ -545,6 +610,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     let threads = options.threads.max(1);
     let window = threads * 4;
     let mut outcome: Result<(), Failure> = Ok(());
+    let origin = checkpoint.origin.as_str();
     std::thread::scope(|scope| {
         let (job_tx, job_rx) = mpsc::channel::<(usize, Tile)>();
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
@@ -557,7 +623,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
                 loop {
                     let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((n, tile)) = job else { break };
-                    if result_tx.send((n, read_bundle(dir, tile, &candidates))).is_err() {
+                    if result_tx.send((n, read_bundle(dir, tile, origin, &candidates))).is_err() {
                         break;
                     }
                 }
@@ -668,27 +734,29 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
 
 fn check_bundle(walk: &mut Walk<'_>, tile: Tile, result: BundleResult) -> Result<(), Failure> {
     let start = tile.index * TILE_WIDTH;
-    let entries = match result {
-        BundleResult::Entries(entries) => entries,
+    let bundle = match result {
+        BundleResult::Entries(bundle) => bundle,
         BundleResult::Unreadable(reason) => {
             return fail(Check::EntrySyntax, Some(start), Some(&tile.entries_path()), reason);
         }
     };
-    if entries.len() as u64 != tile.width {
-        let seq = start + (entries.len() as u64).min(tile.width);
+    if bundle.facts.len() as u64 != tile.width {
+        let seq = start + (bundle.facts.len() as u64).min(tile.width);
         return fail(
             Check::EntryMissing,
             Some(seq),
             Some(&tile.entries_path()),
-            format!("bundle holds {} entries, expected {}", entries.len(), tile.width),
+            format!("bundle holds {} entries, expected {}", bundle.facts.len(), tile.width),
         );
     }
-    for (i, worked) in entries.into_iter().enumerate() {
-        walk.check_entry(start + i as u64, worked)?;
+    let mut offset = 0;
+    for (i, facts) in bundle.facts.into_iter().enumerate() {
+        let expected = &bundle.jsonl[offset..offset + facts.jsonl_len];
+        offset += facts.jsonl_len;
+        walk.check_entry(start + i as u64, facts, expected)?;
         if let Some(e) = walk.tile_error.take() {
             return Err(e);
         }
     }
-    debug_assert!(walk.tiles.size() <= walk.size);
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use portcullis_format::checkpoint::Checkpoint;
 use portcullis_format::event::{Actor, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry};
-use portcullis_format::export::{CHECKPOINT_FILE, ExportWriter, JSONL_FILE, TileBuilder, jsonl_line};
+use portcullis_format::export::{CHECKPOINT_FILE, ExportWriter, JSONL_FILE, TileBuilder, write_jsonl_line};
 use portcullis_format::json::Json;
 use portcullis_format::keys::{KeySet, PinnedKey};
 use portcullis_format::merkle::{self, Hash};
@@ -300,14 +300,13 @@ pub fn write_raw_export(dir: &Path, entries: &[Vec<u8>], checkpoint_note: &str) 
         fs::write(path, bytes).expect("write export file");
     };
     let mut tiles = TileBuilder::default();
-    let mut jsonl = String::new();
+    let mut jsonl = Vec::new();
     for entry in entries {
         let leaf = merkle::leaf_hash(entry);
         match ParsedEntry::parse(entry) {
-            Ok(parsed) => jsonl.push_str(&jsonl_line(&parsed, &leaf)),
-            Err(_) => jsonl.push_str("{}"),
+            Ok(parsed) => write_jsonl_line(&parsed, entry, &leaf, &mut jsonl),
+            Err(_) => jsonl.extend_from_slice(b"{}\n"),
         }
-        jsonl.push('\n');
         tiles.push(leaf, |tile, hashes| write(&tile.path(), &hashes.concat()));
     }
     for (tile, hashes) in tiles.partial_tiles() {
@@ -317,7 +316,7 @@ pub fn write_raw_export(dir: &Path, entries: &[Vec<u8>], checkpoint_note: &str) 
         let tile = Tile { level: 0, index: index as u64, width: chunk.len() as u64 };
         write(&tile.entries_path(), &encode_bundle(chunk.iter().map(Vec::as_slice)));
     }
-    write(JSONL_FILE, jsonl.as_bytes());
+    write(JSONL_FILE, &jsonl);
     write(CHECKPOINT_FILE, checkpoint_note.as_bytes());
 }
 

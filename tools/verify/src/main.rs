@@ -1,4 +1,6 @@
 //! `portcullis-verify`: the auditor's offline verifier. See the library docs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
