@@ -80,12 +80,12 @@ pub fn merge(
         return Err(ConfigError::Invalid(format!("checkpoint_interval_secs must be 1 to 86400, not {interval}")));
     }
     let origin = origin.or(file.origin);
-    if let Some(origin) = &origin {
-        if !portcullis_format::note::valid_key_name(origin) || origin.len() > 255 {
-            return Err(ConfigError::Invalid(format!(
-                "origin {origin:?} must be 1 to 255 bytes without spaces or '+', e.g. portcullis.example.com/ledger"
-            )));
-        }
+    if let Some(origin) = &origin
+        && (!portcullis_format::note::valid_key_name(origin) || origin.len() > 255)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "origin {origin:?} must be 1 to 255 bytes without spaces or '+', e.g. portcullis.example.com/ledger"
+        )));
     }
     Ok(ServeConfig {
         data_dir: data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -65,10 +65,10 @@ pub fn write(path: &Path, key: &SignerKey) -> Result<(), KeyFileError> {
     file.write_all(format!("{}\n", key.to_private_string()).as_bytes()).map_err(io(path))?;
     file.sync_all().map_err(io(path))?;
     fs::write(&public, format!("{}\n", key.verifier())).map_err(io(&public))?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(dir) = fs::File::open(parent) {
-            let _ = dir.sync_all();
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(dir) = fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
     }
     Ok(())
 }
@@ -76,7 +76,7 @@ pub fn write(path: &Path, key: &SignerKey) -> Result<(), KeyFileError> {
 /// Generates a new key named `name` and writes it to `path`.
 ///
 /// # Errors
-/// As [`write`], or [`KeyFileError::Name`] for a bad name.
+/// As [`write()`], or [`KeyFileError::Name`] for a bad name.
 pub fn generate(path: &Path, name: &str) -> Result<SignerKey, KeyFileError> {
     let key = SignerKey::generate(name).map_err(|e| KeyFileError::Name(name.to_string(), e))?;
     write(path, &key)?;

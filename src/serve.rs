@@ -26,15 +26,15 @@ pub fn load_or_generate_key(config: &ServeConfig) -> anyhow::Result<(portcullis_
     let path = config.key_path();
     if path.exists() {
         let key = keyfile::load(&path)?;
-        if let Some(origin) = &config.origin {
-            if origin != key.name() {
-                anyhow::bail!(
-                    "the configured origin {origin:?} differs from the name of the existing key {:?} in {}; \
+        if let Some(origin) = &config.origin
+            && origin != key.name()
+        {
+            anyhow::bail!(
+                "the configured origin {origin:?} differs from the name of the existing key {:?} in {}; \
                      the origin of a ledger cannot change",
-                    key.name(),
-                    path.display()
-                );
-            }
+                key.name(),
+                path.display()
+            );
         }
         return Ok((key, false));
     }

@@ -188,7 +188,7 @@ impl ExportWriter {
     /// [`ExportError::Entry`] when the entry does not parse, or an I/O failure.
     pub fn push(&mut self, entry: Vec<u8>) -> Result<(), ExportError> {
         let seq = self.tiles.size();
-        if !self.entries_pushed && seq % TILE_WIDTH != 0 {
+        if !self.entries_pushed && !seq.is_multiple_of(TILE_WIDTH) {
             return Err(ExportError::Range(format!(
                 "a range export must start at a multiple of {TILE_WIDTH}, not {seq}"
             )));
@@ -202,7 +202,7 @@ impl ExportWriter {
         self.jsonl.write_all(&self.line).map_err(io_err(&jsonl_path))?;
         self.push_leaf(leaf)?;
         self.bundle.push(entry);
-        if self.tiles.size() % TILE_WIDTH == 0 {
+        if self.tiles.size().is_multiple_of(TILE_WIDTH) {
             self.flush_bundle(TILE_WIDTH)?;
         }
         Ok(())

@@ -24,19 +24,19 @@ impl PinnedKey {
     /// [`NoteError::MalformedKey`] for a bad key or range.
     pub fn parse(s: &str) -> Result<PinnedKey, NoteError> {
         let s = s.trim();
-        if let Some((key, range)) = s.rsplit_once('@') {
-            if let Some((from, to)) = range.split_once('-') {
-                let from: u64 = from.parse().map_err(|_| NoteError::MalformedKey("range start is not a number"))?;
-                let to: Option<u64> = if to.is_empty() {
-                    None
-                } else {
-                    Some(to.parse().map_err(|_| NoteError::MalformedKey("range end is not a number"))?)
-                };
-                if to.is_some_and(|to| to <= from) {
-                    return Err(NoteError::MalformedKey("key range is empty"));
-                }
-                return Ok(PinnedKey { key: VerifierKey::parse(key)?, from, to });
+        if let Some((key, range)) = s.rsplit_once('@')
+            && let Some((from, to)) = range.split_once('-')
+        {
+            let from = decimal(from).ok_or(NoteError::MalformedKey("range start is not a decimal number"))?;
+            let to = if to.is_empty() {
+                None
+            } else {
+                Some(decimal(to).ok_or(NoteError::MalformedKey("range end is not a decimal number"))?)
+            };
+            if to.is_some_and(|to| to <= from) {
+                return Err(NoteError::MalformedKey("key range is empty"));
             }
+            return Ok(PinnedKey { key: VerifierKey::parse(key)?, from, to });
         }
         Ok(PinnedKey { key: VerifierKey::parse(s)?, from: 0, to: None })
     }
@@ -44,6 +44,12 @@ impl PinnedKey {
     pub fn covers(&self, seq: u64) -> bool {
         seq >= self.from && self.to.is_none_or(|to| seq < to)
     }
+}
+
+/// A decimal number without sign or leading zeroes.
+fn decimal(s: &str) -> Option<u64> {
+    let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    s.parse().ok().filter(|_| canonical)
 }
 
 /// The set of pinned keys.

@@ -142,7 +142,7 @@ fn split_point(n: u64) -> u64 {
 /// Whatever the reader fails with.
 pub fn range_hash<R: HashReader + ?Sized>(reader: &R, start: u64, end: u64) -> Result<Hash, R::Error> {
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return reader.node(n.trailing_zeros() as u8, start / n);
     }
     let k = split_point(n);

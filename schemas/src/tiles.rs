@@ -82,7 +82,7 @@ impl Tile {
             for index in 0..full {
                 tiles.push(Tile { level, index, width: TILE_WIDTH });
             }
-            if hashes % TILE_WIDTH > 0 {
+            if !hashes.is_multiple_of(TILE_WIDTH) {
                 tiles.push(Tile { level, index: full, width: hashes % TILE_WIDTH });
             }
             hashes /= TILE_WIDTH;

@@ -239,6 +239,9 @@ fn read_bundle(dir: &Path, tile: Tile, origin: &str, candidates: &RwLock<Vec<Ver
     BundleResult::Entries(WorkedBundle { facts, jsonl })
 }
 
+/// The public key a signature was checked with, and the verdict; `None` when the key was not known.
+type Verdict = Option<([u8; 32], bool)>;
+
 /// Verifies every signature whose key is known, in one batch; on a batch
 /// failure, verifies each strictly to find the bad ones. Returns, per entry and
 /// signature line, the key used and the verdict (`None`: key not known yet).
@@ -246,7 +249,7 @@ fn batch_verify(
     entries: &[&[u8]],
     parsed: &[Result<ParsedEntry, EntryError>],
     keys: &[VerifierKey],
-) -> Vec<[Option<([u8; 32], bool)>; 2]> {
+) -> Vec<[Verdict; 2]> {
     let mut messages: Vec<&[u8]> = Vec::new();
     let mut signatures = Vec::new();
     let mut verifying = Vec::new();
@@ -454,26 +457,38 @@ fn compare_tile(dir: &Path, tile: Tile, hashes: &[Hash]) -> Result<(), Failure> 
 }
 
 /// Lists every regular file under `dir` as a relative path with `/` separators.
+/// Symbolic links are never followed into directories (a link loop would make
+/// the walk endless), and anything that is not a regular file or a link to one
+/// (a FIFO would block its read forever) is a layout error, the first in path order.
 fn list_files(dir: &Path) -> Result<Vec<String>, Failure> {
+    let layout = |path: String, reason: String| Failure { check: Check::Layout, seq: None, path: Some(path), reason };
     let mut files = Vec::new();
+    let mut irregular = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
-        let entries = fs::read_dir(&current).map_err(|e| Failure {
-            check: Check::Layout,
-            seq: None,
-            path: Some(current.display().to_string()),
-            reason: format!("cannot list: {e}"),
-        })?;
-        for entry in entries.flatten() {
+        let listing_failed = |e: std::io::Error| layout(current.display().to_string(), format!("cannot list: {e}"));
+        for entry in fs::read_dir(&current).map_err(listing_failed)? {
+            let entry = entry.map_err(listing_failed)?;
             let path = entry.path();
-            if path.is_dir() {
+            if entry.file_type().map_err(listing_failed)?.is_dir() {
                 stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(dir).unwrap_or(&path);
+            let name = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                files.push(name);
             } else {
-                let relative = path.strip_prefix(dir).unwrap_or(&path);
-                files
-                    .push(relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+                irregular.push(name);
             }
         }
+    }
+    irregular.sort();
+    if let Some(name) = irregular.into_iter().next() {
+        return Err(layout(
+            name,
+            "not a regular file (a link to a directory or to nothing, a FIFO or a device)".into(),
+        ));
     }
     files.sort();
     Ok(files)
@@ -557,7 +572,9 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     }
     if let Some(extra) = present.iter().find(|p| !expected.contains(p.as_str())) {
         let reason = match Tile::parse_path(extra) {
-            Some((tile, _)) if tile.index * TILE_WIDTH >= size || tile.width < TILE_WIDTH => {
+            Some((tile, _))
+                if tile.index.checked_mul(TILE_WIDTH).is_none_or(|start| start >= size) || tile.width < TILE_WIDTH =>
+            {
                 "file is not part of a tree of the checkpoint's size: entries beyond the checkpoint are not committed"
             }
             _ => "unexpected file in the export",

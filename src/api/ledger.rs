@@ -101,7 +101,11 @@ async fn tile(State(state): AppStateRef, Path(path): Path<String>) -> Result<Res
         Tile::parse_path(&full).ok_or_else(|| ApiError::NotFound(format!("{full} is not a tile path")))?;
     let size = state.ledger.head().size;
     let store = Arc::clone(state.ledger.store());
-    let hashes_at_level = size >> (u32::from(tile.level) * u32::from(TILE_HEIGHT));
+    // Tile levels go up to 63 in a path, but a u64 tree has hashes at tile levels 0 to 7 only:
+    // shifting by 64 or more would overflow (a panic, or in release a wrong, cached-forever tile).
+    let hashes_at_level = size
+        .checked_shr(u32::from(tile.level) * u32::from(TILE_HEIGHT))
+        .ok_or_else(|| ApiError::NotFound(format!("{full} does not exist")))?;
     let start =
         tile.index.checked_mul(TILE_WIDTH).ok_or_else(|| ApiError::NotFound(format!("{full} does not exist")))?;
     if start.saturating_add(tile.width) > hashes_at_level {

@@ -77,6 +77,7 @@ impl From<crate::ledger::LedgerError> for ApiError {
     fn from(e: crate::ledger::LedgerError) -> Self {
         match e {
             crate::ledger::LedgerError::Closed => ApiError::Unavailable("the ledger is shutting down".into()),
+            crate::ledger::LedgerError::Unsynced => ApiError::Unavailable("the ledger store is failing".into()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -88,6 +88,10 @@ pub enum LedgerError {
     Closed,
     #[error("the sequencer thread could not start: {0}")]
     Thread(std::io::Error),
+    /// An append failed and the state could not be reloaded from the store
+    /// since: signing now could commit to entries that were never stored.
+    #[error("the ledger store failed and its state could not be reloaded yet; not signing")]
+    Unsynced,
 }
 
 enum Request {
@@ -424,17 +428,27 @@ impl Sequencer {
     }
 
     /// Waits until the writer has handled every batch sent so far; if one
-    /// failed, reloads the state from the store.
+    /// failed, reloads the state from the store. When the reload fails too,
+    /// the epoch stays unseen: the state may hold entries that were never
+    /// stored, so nothing is signed on it (see [`Sequencer::synced`]) and
+    /// batches signed on it are refused by the writer, until a reload succeeds.
     fn sync(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        if writer.send(WriterMsg::Barrier(done_tx)).is_ok() {
-            let _ = done_rx.recv();
+        let writer_alive = writer.send(WriterMsg::Barrier(done_tx)).is_ok() && done_rx.recv().is_ok();
+        if !writer_alive {
+            // The writer died (a panic) holding batches that may or may not be stored:
+            // treat it as a failed append, so the state is reloaded before anything is signed.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        if epoch != self.seen_epoch {
-            self.reload();
+        if epoch != self.seen_epoch && self.reload() {
             self.seen_epoch = epoch;
         }
+    }
+
+    /// Whether the state is the store's: no failed append since the last successful reload.
+    fn synced(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) == self.seen_epoch
     }
 
     /// Signs one request's events into the pending batch, all or none.
@@ -480,23 +494,32 @@ impl Sequencer {
         publish(&self.head, &self.state);
     }
 
-    /// After a failed append, trust only what the store holds.
-    fn reload(&mut self) {
+    /// After a failed append, trust only what the store holds. Returns whether the reload succeeded.
+    fn reload(&mut self) -> bool {
         match open::check_and_load(self.store.as_ref(), &self.signer) {
             Ok(state) => {
                 self.state = state;
                 self.publish_head();
+                true
             }
-            Err(e) => tracing::error!("reloading the ledger state after a failed append: {e}"),
+            Err(e) => {
+                tracing::error!("reloading the ledger state after a failed append: {e}");
+                false
+            }
         }
     }
 
+    /// Signs the checkpoint of the current state, which must be the durable one
+    /// (the caller has synced): never a tree holding entries that failed to commit.
     fn sign_checkpoint(&mut self) -> Result<(u64, String), LedgerError> {
+        if !self.synced() {
+            return Err(LedgerError::Unsynced);
+        }
         let size = self.state.frontier.size();
-        if self.state.checkpoint_size == Some(size) {
-            if let Some(note) = self.store.checkpoint_at(size)? {
-                return Ok((size, note));
-            }
+        if self.state.checkpoint_size == Some(size)
+            && let Some(note) = self.store.checkpoint_at(size)?
+        {
+            return Ok((size, note));
         }
         let checkpoint = Checkpoint { origin: self.signer.name().to_string(), size, root: self.state.frontier.root() };
         let note = checkpoint.sign(&self.signer);
@@ -528,6 +551,9 @@ impl Sequencer {
     }
 
     fn rotate(&mut self, new_key: SignerKey, actor: Actor) -> Result<Receipt, AppendError> {
+        if !self.synced() {
+            return Err(AppendError::Store(LedgerError::Unsynced.to_string()));
+        }
         let vkey = new_key.verifier().to_string();
         let draft =
             Self::system_draft(KIND_KEY_ROTATED, Json::Obj(vec![("new_key".into(), Json::Str(vkey.clone()))]), actor)?;

@@ -96,10 +96,10 @@ pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<St
         if !key.verify(text, &parsed.signatures[0]) {
             return Err(bad(format!("signature by the key in force {key} does not verify")));
         }
-        if let Some(new_key) = &parsed.new_key {
-            if !new_key.verify(text, &parsed.signatures[1]) || key_at(&keys, seq + 1) != Some(new_key) {
-                return Err(bad("key rotation is not co-signed by the new key or not recorded".into()));
-            }
+        if let Some(new_key) = &parsed.new_key
+            && (!new_key.verify(text, &parsed.signatures[1]) || key_at(&keys, seq + 1) != Some(new_key))
+        {
+            return Err(bad("key rotation is not co-signed by the new key or not recorded".into()));
         }
         let leaf = leaf_hash(entry);
         if leaf != leaves[i] {

@@ -80,6 +80,18 @@ impl SqliteStore {
     }
 }
 
+/// The size implied by the largest stored seq; a negative seq (a hostile or
+/// corrupt file) is refused rather than wrapped or overflowed.
+fn size_from_max(max: Option<i64>) -> Result<u64, StoreError> {
+    match max {
+        None => Ok(0),
+        Some(m) => u64::try_from(m)
+            .ok()
+            .and_then(|m| m.checked_add(1))
+            .ok_or_else(|| StoreError::Corrupt(format!("the entries table holds seq {m}"))),
+    }
+}
+
 fn hash_from(bytes: Vec<u8>) -> Result<Hash, StoreError> {
     bytes.try_into().map_err(|_| StoreError::Corrupt("a node hash is not 32 bytes".into()))
 }
@@ -88,14 +100,14 @@ impl Store for SqliteStore {
     fn size(&self) -> Result<u64, StoreError> {
         let conn = lock(&self.reader);
         let max: Option<i64> = conn.query_row("SELECT max(seq) FROM entries", [], |r| r.get(0))?;
-        Ok(max.map_or(0, |m| m as u64 + 1))
+        size_from_max(max)
     }
 
     fn append(&self, batch: &AppendBatch) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let max: Option<i64> = tx.query_row("SELECT max(seq) FROM entries", [], |r| r.get(0))?;
-        let actual = max.map_or(0, |m| m as u64 + 1);
+        let actual = size_from_max(max)?;
         if actual != batch.expected_size {
             return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
         }

@@ -133,3 +133,21 @@ async fn bad_parameters_get_problem_json_naming_the_parameter() {
     assert_eq!(ledger.head().size, 1, "reads changed nothing");
     close(ledger, thread).await;
 }
+
+/// Regression: tile levels 8 to 63 parse, and the handler shifted the tree size
+/// by 64 or more bits: a panic in debug builds; in release a masked shift that
+/// served level-0 hashes as a level-32 tile, marked immutable.
+#[tokio::test]
+async fn a_tile_above_level_7_is_not_found_instead_of_a_shift_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let router = app(Arc::new(AppState { ledger: ledger.clone() }));
+    for path in ["/tile/8/000.p/1", "/tile/32/000.p/1", "/tile/63/000", "/tile/0/x018/x446/x744/x073/x709/x551/615"] {
+        let (status, content_type, body) = call(&router, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(content_type, "application/problem+json", "{path}");
+    }
+    let (status, _, _) = call(&router, "/tile/0/000.p/1").await;
+    assert_eq!(status, StatusCode::OK, "the one real tile is still served");
+    close(ledger, thread).await;
+}

@@ -210,7 +210,7 @@ impl Store for FlakyStore {
     }
     fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
         let n = self.appends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if n > 0 && n % self.fail_every == 0 {
+        if n > 0 && n.is_multiple_of(self.fail_every) {
             return Err(portcullis::store::StoreError::Corrupt("injected failure".into()));
         }
         self.inner.append(batch)
@@ -288,4 +288,194 @@ async fn failed_commits_are_never_acknowledged_and_the_chain_stays_whole() {
     let export = dir.path().join("export");
     portcullis::export::export(store.as_ref(), &export, 0, None, &|_, _| {}).unwrap();
     verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap();
+}
+
+/// A store whose next append fails and whose next `size()` reads fail, on demand:
+/// a commit lost to a failing disk, and the reads right after it failing too.
+struct FailingReloadStore {
+    inner: SqliteStore,
+    fail_next_append: std::sync::atomic::AtomicBool,
+    failing_size_reads: std::sync::atomic::AtomicU64,
+}
+
+impl Store for FailingReloadStore {
+    fn size(&self) -> Result<u64, portcullis::store::StoreError> {
+        let failing = self.failing_size_reads.load(std::sync::atomic::Ordering::SeqCst);
+        if failing > 0 {
+            self.failing_size_reads.store(failing - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(portcullis::store::StoreError::Corrupt("injected read failure".into()));
+        }
+        self.inner.size()
+    }
+    fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
+        if self.fail_next_append.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(portcullis::store::StoreError::Corrupt("injected append failure".into()));
+        }
+        self.inner.append(batch)
+    }
+    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, portcullis::store::StoreError> {
+        self.inner.entries(from, limit)
+    }
+    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, portcullis::store::StoreError> {
+        self.inner.node(level, index)
+    }
+    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, portcullis::store::StoreError> {
+        self.inner.nodes(level, from, count)
+    }
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), portcullis::store::StoreError> {
+        self.inner.put_checkpoint(size, note)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, portcullis::store::StoreError> {
+        self.inner.latest_checkpoint()
+    }
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, portcullis::store::StoreError> {
+        self.inner.checkpoint_at(size)
+    }
+    fn keys(&self) -> Result<Vec<portcullis::store::KeyRecord>, portcullis::store::StoreError> {
+        self.inner.keys()
+    }
+}
+
+/// Regression: after a failed append, a reload that failed too left the
+/// sequencer's state holding the lost entries, and the next checkpoint signed
+/// that tree: a signed checkpoint inconsistent with every later one (a fork
+/// signed by the log itself), which also made the ledger refuse to reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_checkpoint_is_signed_over_a_failed_append_when_the_reload_fails_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FailingReloadStore {
+        inner: SqliteStore::open(&dir.path().join("ledger.db")).unwrap(),
+        fail_next_append: std::sync::atomic::AtomicBool::new(false),
+        failing_size_reads: std::sync::atomic::AtomicU64::new(0),
+    });
+    let (ledger, thread) =
+        Ledger::open(Arc::clone(&store) as Arc<dyn Store>, signer(1), LedgerConfig::default()).unwrap();
+    for i in 0..3 {
+        ledger.append(draft(i)).await.unwrap();
+    }
+    let durable = ledger.head().size;
+    assert_eq!(durable, 4);
+
+    // Given an append whose commit fails, and a store that cannot be read right after.
+    store.fail_next_append.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.failing_size_reads.store(2, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(ledger.append(draft(3)).await, Err(AppendError::Store(_))));
+
+    // When a checkpoint is asked for: it is refused, or it is of the durable tree.
+    let mut signed = Vec::new();
+    match ledger.checkpoint().await {
+        Ok((size, note)) => {
+            assert_eq!(size, durable, "a checkpoint over an entry that was never stored");
+            signed.push(note);
+        }
+        Err(e) => assert!(matches!(e, LedgerError::Unsynced), "{e}"),
+    }
+    // Once the store reads again, the ledger continues on what it holds.
+    let (size, note) = ledger.checkpoint().await.unwrap();
+    assert_eq!(size, durable);
+    signed.push(note);
+    assert_eq!(ledger.append(draft(4)).await.unwrap().seq, durable);
+    signed.push(ledger.checkpoint().await.unwrap().1);
+    close(ledger, thread).await;
+
+    // Then every checkpoint the ledger handed out is consistent with the ledger: it reopens and verifies against each.
+    let (ledger, thread) = open(dir.path(), signer(1)).expect("the ledger reopens");
+    close(ledger, thread).await;
+    let export = dir.path().join("export");
+    portcullis::export::export(store.as_ref(), &export, 0, None, &|_, _| {}).unwrap();
+    for note in signed {
+        let options = Options {
+            keys: KeySet::single(signer(1).verifier().clone()),
+            anchor: Some(note.into_bytes()),
+            allow_partial: false,
+            threads: 2,
+            progress: None,
+        };
+        verify_export(&export, &options).unwrap();
+    }
+}
+
+/// Regression: a hostile database whose entries table holds a negative seq made
+/// the store compute its size as `-1 as u64 + 1`: an overflow panic (or, in
+/// release, size 0 and a second "first" entry written over a non-empty table).
+#[tokio::test]
+async fn a_negative_seq_in_a_hostile_database_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    close(ledger, thread).await;
+    let conn = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
+    conn.execute("UPDATE entries SET seq = -1 WHERE seq = 0", []).unwrap();
+    drop(conn);
+    let err = open(dir.path(), signer(1)).err().expect("a negative seq must be refused");
+    assert!(err.to_string().contains("seq -1"), "{err}");
+}
+
+/// A store whose append panics once, on demand: a bug or an allocation failure in a backend.
+struct PanickingStore {
+    inner: SqliteStore,
+    panic_next_append: std::sync::atomic::AtomicBool,
+}
+
+impl Store for PanickingStore {
+    fn size(&self) -> Result<u64, portcullis::store::StoreError> {
+        self.inner.size()
+    }
+    fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
+        if self.panic_next_append.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected panic in the store's append");
+        }
+        self.inner.append(batch)
+    }
+    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, portcullis::store::StoreError> {
+        self.inner.entries(from, limit)
+    }
+    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, portcullis::store::StoreError> {
+        self.inner.node(level, index)
+    }
+    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, portcullis::store::StoreError> {
+        self.inner.nodes(level, from, count)
+    }
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), portcullis::store::StoreError> {
+        self.inner.put_checkpoint(size, note)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, portcullis::store::StoreError> {
+        self.inner.latest_checkpoint()
+    }
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, portcullis::store::StoreError> {
+        self.inner.checkpoint_at(size)
+    }
+    fn keys(&self) -> Result<Vec<portcullis::store::KeyRecord>, portcullis::store::StoreError> {
+        self.inner.keys()
+    }
+}
+
+/// Regression: when the writer thread died (a panic in the store) holding a
+/// batch, the sequencer's barrier failed silently, the state still held the
+/// batch, and the next checkpoint signed a tree whose entries were never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_checkpoint_is_signed_over_a_batch_the_writer_died_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PanickingStore {
+        inner: SqliteStore::open(&dir.path().join("ledger.db")).unwrap(),
+        panic_next_append: std::sync::atomic::AtomicBool::new(false),
+    });
+    let (ledger, thread) =
+        Ledger::open(Arc::clone(&store) as Arc<dyn Store>, signer(1), LedgerConfig::default()).unwrap();
+    ledger.append(draft(0)).await.unwrap();
+    let durable = ledger.head().size;
+
+    // Given an append during which the writer thread dies.
+    store.panic_next_append.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(ledger.append(draft(1)).await.is_err(), "an append the writer died with is not acknowledged");
+
+    // Then a checkpoint, if one is signed at all, is of what the store holds.
+    if let Ok((size, note)) = ledger.checkpoint().await {
+        assert_eq!(size, durable, "a checkpoint over an entry that was never stored");
+        assert_eq!(Some(note), store.checkpoint_at(durable).unwrap());
+    }
+    assert!(ledger.append(draft(2)).await.is_err(), "no writer, no acknowledgement");
+    close(ledger, thread).await;
+    let (ledger, thread) = open(dir.path(), signer(1)).expect("the ledger reopens: its checkpoints fit its tree");
+    assert_eq!(ledger.head().size, durable);
+    close(ledger, thread).await;
 }

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod cli;
 mod crash;
+mod edges;
 mod format_vectors;
 mod ledger;
 mod rfc9162_vectors;

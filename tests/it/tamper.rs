@@ -148,6 +148,45 @@ fn an_entry_appended_beyond_the_checkpoint_is_not_committed() {
     assert!(failure.path.is_some(), "{failure:?}");
 }
 
+/// Regression: an extra file named like a tile of index near 2^64 made the
+/// verifier multiply the index by 256 and overflow (a panic) while naming the layout error.
+#[test]
+fn an_extra_tile_with_a_huge_index_is_a_layout_error_not_an_overflow() {
+    let (ledger, dir) = given_export(Spec::new(3));
+    for path in ["tile/entries/x018/x446/x744/x073/x709/x551/615", "tile/0/x018/x446/x744/x073/x709/x551/615.p/3"] {
+        let file = dir.path().join(path);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, b"x").unwrap();
+        let failure = assert_fails(verify(dir.path(), &ledger.keys()), Check::Layout, None);
+        assert_eq!(failure.path.as_deref(), Some(path));
+        fs::remove_file(&file).unwrap();
+    }
+}
+
+/// Regression: the verifier followed symbolic links into directories (two
+/// links to the parent made the walk exponential: a hang) and read a FIFO
+/// named like a tile (blocking forever). Both are layout errors now.
+#[test]
+fn a_symlink_loop_or_a_fifo_in_an_export_is_a_layout_error_not_a_hang() {
+    let (ledger, dir) = given_export(Spec::new(3));
+    for link in ["tile/a", "tile/b"] {
+        std::os::unix::fs::symlink("..", dir.path().join(link)).unwrap();
+    }
+    let failure = assert_fails(verify(dir.path(), &ledger.keys()), Check::Layout, None);
+    assert_eq!(failure.path.as_deref(), Some("tile/a"));
+    for link in ["tile/a", "tile/b"] {
+        fs::remove_file(dir.path().join(link)).unwrap();
+    }
+
+    let tile = dir.path().join("tile/0/000.p/3");
+    fs::remove_file(&tile).unwrap();
+    let c_path = std::ffi::CString::new(tile.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path and touches no memory of ours.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let failure = assert_fails(verify(dir.path(), &ledger.keys()), Check::Layout, None);
+    assert_eq!(failure.path.as_deref(), Some("tile/0/000.p/3"));
+}
+
 #[test]
 fn two_swapped_entries_break_the_sequence_at_the_first() {
     let (ledger, dir) = given_export(Spec::new(6));

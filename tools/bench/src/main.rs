@@ -45,7 +45,7 @@ fn synthetic_draft(n: u64) -> EventDraft {
         (
             "target".into(),
             Json::Obj(vec![
-                ("cluster".into(), Json::Str(if n % 3 == 0 { "prod" } else { "staging" }.into())),
+                ("cluster".into(), Json::Str(if n.is_multiple_of(3) { "prod" } else { "staging" }.into())),
                 ("namespace".into(), Json::Str(format!("shop-{}", n % 13))),
                 ("kind".into(), Json::Str("ingresses".into())),
                 ("name".into(), Json::Str("storefront".into())),

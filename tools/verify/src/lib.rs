@@ -216,7 +216,7 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
     let progress = |done: u64, total: u64| {
         if done % 65_536 < 256 || done == total {
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let percent = if total == 0 { 100 } else { done * 100 / total };
+            let percent = (done * 100).checked_div(total).unwrap_or(100);
             let filled = (percent / 5) as usize;
             eprint!(
                 "\r[{}{}] {done}/{total} entries ({percent}%), {rate:.0}/s ",
