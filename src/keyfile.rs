@@ -78,6 +78,10 @@ pub fn write(path: &Path, key: &SignerKey) -> Result<(), KeyFileError> {
 /// # Errors
 /// As [`write()`], or [`KeyFileError::Name`] for a bad name.
 pub fn generate(path: &Path, name: &str) -> Result<SignerKey, KeyFileError> {
+    // The key's name is the log's origin, which events limit to 255 bytes.
+    if name.len() > 255 {
+        return Err(KeyFileError::Name(name.to_string(), NoteError::BadKeyName("longer than 255 bytes".into())));
+    }
     let key = SignerKey::generate(name).map_err(|e| KeyFileError::Name(name.to_string(), e))?;
     write(path, &key)?;
     Ok(key)

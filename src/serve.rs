@@ -98,12 +98,14 @@ pub fn promote_next_key(config: &ServeConfig) -> anyhow::Result<()> {
     let next = next_key_path(config);
     let old = keyfile::load(&current)?;
     let retired = config.data_dir.join(format!("log.key.retired-{:08x}", old.verifier().key_id()));
-    for (from, to) in [
-        (current.clone(), retired.clone()),
-        (keyfile::public_path(&current), keyfile::public_path(&retired)),
-        (next.clone(), current.clone()),
-        (keyfile::public_path(&next), keyfile::public_path(&current)),
-    ] {
+    // Keep a copy of the old key first (a link), then replace the key in one
+    // atomic rename: at every instant `log.key` holds a complete key.
+    for (from, to) in [(&current, &retired), (&keyfile::public_path(&current), &keyfile::public_path(&retired))] {
+        if !to.exists() {
+            std::fs::hard_link(from, to).with_context(|| format!("linking {} to {}", from.display(), to.display()))?;
+        }
+    }
+    for (from, to) in [(next.clone(), current.clone()), (keyfile::public_path(&next), keyfile::public_path(&current))] {
         std::fs::rename(&from, &to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     }
     if let Ok(dir) = std::fs::File::open(&config.data_dir) {

@@ -347,6 +347,7 @@ impl Parser<'_> {
 
     fn object(&mut self, depth: usize) -> Result<Json, JsonError> {
         let mut members: Vec<(String, Json)> = Vec::new();
+        let mut seen: Option<std::collections::HashSet<String>> = None;
         self.skip_whitespace();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -361,7 +362,16 @@ impl Parser<'_> {
                 Some(_) => return Err(self.error(JsonErrorReason::UnexpectedChar)),
             }
             let key = self.string()?;
-            if members.iter().any(|(k, _)| *k == key) {
+            // Linear for small objects; a set once an object is large, so that
+            // hostile input with thousands of keys stays linear too.
+            let duplicate = match &mut seen {
+                Some(seen) => !seen.insert(key.clone()),
+                None => members.iter().any(|(k, _)| *k == key),
+            };
+            if seen.is_none() && members.len() >= 32 {
+                seen = Some(members.iter().map(|(k, _)| k.clone()).chain(std::iter::once(key.clone())).collect());
+            }
+            if duplicate {
                 return Err(JsonError { offset: key_offset, reason: JsonErrorReason::DuplicateKey(key) });
             }
             self.skip_whitespace();
@@ -509,6 +519,16 @@ mod tests {
         // U+1F600 (surrogate pair D83D..) sorts before U+FB01 in UTF-16 order,
         // although it sorts after it in UTF-8 byte order.
         assert_eq!(canonical("{\"\u{fb01}\":1,\"\u{1f600}\":2}"), "{\"\u{1f600}\":2,\"\u{fb01}\":1}");
+    }
+
+    #[test]
+    fn duplicates_are_found_in_large_objects_too() {
+        let mut text: String = (0..100).map(|i| format!("\"k{i}\":{i},")).collect();
+        text.insert(0, '{');
+        let unique = format!("{}\"z\":0}}", text);
+        assert!(Json::parse(unique.as_bytes()).is_ok());
+        let duplicate = format!("{}\"k7\":0}}", text);
+        assert_eq!(Json::parse(duplicate.as_bytes()).unwrap_err().reason, JsonErrorReason::DuplicateKey("k7".into()));
     }
 
     #[test]

@@ -73,11 +73,19 @@ impl KeySet {
         self.keys.iter().filter(move |p| p.covers(seq)).map(|p| &p.key)
     }
 
-    /// Whether `key` may sign at `seq`: true when the key is not pinned at all
-    /// (it was introduced by a verified rotation) or its pinned range covers `seq`.
-    pub fn permits(&self, key: &VerifierKey, seq: u64) -> bool {
-        let mut pinned = self.keys.iter().filter(|p| p.key == *key).peekable();
-        pinned.peek().is_none() || pinned.any(|p| p.covers(seq))
+    /// Whether `key` may sign at `seq`, given the keys that were in force
+    /// before it in this verification (`earlier`).
+    ///
+    /// A pinned key may sign only within its range. A key that is not pinned
+    /// (introduced by a verified rotation) may sign at `seq` only if every
+    /// pinned key whose range covers `seq` is one of the earlier keys: so a
+    /// leaked retired key cannot rotate to a key of its own choosing and sign
+    /// where the auditor pinned another key.
+    pub fn permits(&self, key: &VerifierKey, seq: u64, earlier: &[VerifierKey]) -> bool {
+        if self.is_pinned(key) {
+            return self.keys.iter().any(|p| p.key == *key && p.covers(seq));
+        }
+        self.candidates(seq).all(|pinned| earlier.contains(pinned))
     }
 
     /// Whether `key` is pinned (for any range).
@@ -99,7 +107,9 @@ mod tests {
         assert!(pinned.covers(10) && pinned.covers(19) && !pinned.covers(20) && !pinned.covers(9));
         assert!(PinnedKey::parse(&format!("{vkey}@5-")).unwrap().covers(1 << 40));
         assert!(PinnedKey::parse(&format!("{vkey}@20-10")).is_err());
+        assert!(PinnedKey::parse(&format!("{vkey}@+5-")).is_err());
+        assert!(PinnedKey::parse(&format!("{vkey}@05-")).is_err());
         let set = KeySet::new(vec![pinned]);
-        assert!(!set.permits(signer.verifier(), 25));
+        assert!(!set.permits(signer.verifier(), 25, &[]));
     }
 }

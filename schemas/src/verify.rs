@@ -21,7 +21,7 @@
 //! window of bundles in flight, plus 16 bytes per entry for the id set.
 
 use crate::checkpoint::{Checkpoint, SignedCheckpoint};
-use crate::event::{EntryError, EventId, ParsedEntry};
+use crate::event::{EntryError, EventId, MAX_ENTRY_SIZE, ParsedEntry};
 use crate::export::{CHECKPOINT_FILE, JSONL_FILE, TileBuilder, write_jsonl_line};
 use crate::keys::KeySet;
 use crate::merkle::{Hash, leaf_hash};
@@ -167,9 +167,9 @@ enum BundleResult {
 
 fn read_bundle(dir: &Path, tile: Tile, origin: &str, candidates: &RwLock<Vec<VerifierKey>>) -> BundleResult {
     let path = dir.join(tile.entries_path());
-    let bytes = match fs::read(&path) {
+    let bytes = match read_limited(&path, tile.width * (MAX_ENTRY_SIZE as u64 + 2)) {
         Ok(bytes) => bytes,
-        Err(e) => return BundleResult::Unreadable(format!("cannot read: {e}")),
+        Err(e) => return BundleResult::Unreadable(e),
     };
     let entries = match decode_bundle(&bytes) {
         Ok(entries) => entries,
@@ -295,6 +295,12 @@ struct Walk<'k> {
 }
 
 impl Walk<'_> {
+    /// The keys that were in force before `key` in this verification.
+    fn earlier_keys(&self, key: &VerifierKey) -> Vec<VerifierKey> {
+        let position = self.key_history.iter().position(|(k, _)| k == key).unwrap_or(self.key_history.len());
+        self.key_history[..position].iter().map(|(k, _)| k.clone()).collect()
+    }
+
     fn push_leaf(&mut self, leaf: Hash) {
         let dir = &self.dir;
         let tile_error = &mut self.tile_error;
@@ -378,7 +384,7 @@ impl Walk<'_> {
             }
         };
         check_signature(&current, first, 0, facts.deferred.as_deref(), seq)?;
-        if !self.keys.permits(&current, seq) {
+        if !self.keys.permits(&current, seq, &self.earlier_keys(&current)) {
             return fail(
                 Check::KeyNotInForce,
                 Some(seq),
@@ -400,7 +406,8 @@ impl Walk<'_> {
         if let Some(jsonl) = &mut self.jsonl {
             // Byte-exact: the canonical line and a single LF.
             self.jsonl_line.clear();
-            match jsonl.read_until(b'\n', &mut self.jsonl_line) {
+            // A line longer than the expected one cannot match: read no more than that.
+            match jsonl.by_ref().take(expected_jsonl.len() as u64 + 1).read_until(b'\n', &mut self.jsonl_line) {
                 Ok(0) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line missing"),
                 Ok(_) if self.jsonl_line == expected_jsonl => {}
                 Ok(_) => return fail(Check::Jsonl, Some(seq), Some(JSONL_FILE), "line does not match the entry"),
@@ -447,12 +454,23 @@ fn check_signature(
     Ok(())
 }
 
+/// Reads a file that may hold at most `limit` bytes, without reading more.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let file = fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("file is larger than the {limit} bytes its layout allows"));
+    }
+    Ok(bytes)
+}
+
 fn compare_tile(dir: &Path, tile: Tile, hashes: &[Hash]) -> Result<(), Failure> {
     let path = tile.path();
-    match fs::read(dir.join(&path)) {
+    match read_limited(&dir.join(&path), TILE_WIDTH * 32) {
         Ok(bytes) if bytes == hashes.concat() => Ok(()),
         Ok(_) => fail(Check::Tile, None, Some(&path), "tile does not match the hashes recomputed from the entries"),
-        Err(e) => fail(Check::Layout, None, Some(&path), format!("cannot read tile: {e}")),
+        Err(e) => fail(Check::Layout, None, Some(&path), e),
     }
 }
 
@@ -640,7 +658,16 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
                 loop {
                     let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((n, tile)) = job else { break };
-                    if result_tx.send((n, read_bundle(dir, tile, origin, &candidates))).is_err() {
+                    if result_tx
+                        .send((
+                            n,
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                read_bundle(dir, tile, origin, &candidates)
+                            }))
+                            .unwrap_or_else(|_| BundleResult::Unreadable("the verifier failed on this bundle".into())),
+                        ))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -704,7 +731,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     let key_at =
         |n: u64| -> Option<&VerifierKey> { walk.key_history.iter().rev().find(|(_, from)| *from <= n).map(|(k, _)| k) };
     let checkpoint_key_ok = match key_at(size) {
-        Some(key) => signed.verify(key).is_ok() && options.keys.permits(key, size),
+        Some(key) => signed.verify(key).is_ok() && options.keys.permits(key, size, &walk.earlier_keys(key)),
         None => options.keys.candidates(size).any(|k| signed.verify(k).is_ok()),
     };
     if !checkpoint_key_ok {
@@ -720,7 +747,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     if let Some(anchor) = &anchor {
         let anchor_size = anchor.checkpoint.size;
         let key_ok = match key_at(anchor_size) {
-            Some(key) => anchor.verify(key).is_ok(),
+            Some(key) => anchor.verify(key).is_ok() && options.keys.permits(key, anchor_size, &walk.earlier_keys(key)),
             None => options.keys.candidates(anchor_size).any(|k| anchor.verify(k).is_ok()),
         };
         if !key_ok {

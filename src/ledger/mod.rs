@@ -20,6 +20,7 @@ use portcullis_format::json::Json;
 use portcullis_format::merkle::{Frontier, Hash, leaf_hash};
 use portcullis_format::note::SignerKey;
 use portcullis_format::time::Timestamp;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -146,6 +147,7 @@ impl Ledger {
             config,
             epoch: Arc::new(AtomicU64::new(0)),
             seen_epoch: 0,
+            in_flight_ids: VecDeque::new(),
         };
         if sequencer.state.frontier.size() == 0 {
             sequencer
@@ -261,6 +263,8 @@ struct Pending {
     batch: AppendBatch,
     /// The sequencer's state once this batch is durable.
     state: State,
+    /// The ids of `batch.entries`, for duplicate checks.
+    ids: HashSet<[u8; 16]>,
     responders: Vec<(Responder, Vec<Receipt>)>,
 }
 
@@ -278,7 +282,7 @@ fn publish(head: &watch::Sender<Head>, state: &State) {
 }
 
 enum WriterMsg {
-    Batch { pending: Pending, epoch: u64 },
+    Batch { pending: Box<Pending>, epoch: u64 },
     Barrier(std::sync::mpsc::SyncSender<()>),
 }
 
@@ -331,6 +335,8 @@ struct Sequencer {
     /// Bumped by the writer when a commit fails; batches signed before that are refused.
     epoch: Arc<AtomicU64>,
     seen_epoch: u64,
+    /// Ids of the batches handed to the writer and maybe not yet committed.
+    in_flight_ids: VecDeque<HashSet<[u8; 16]>>,
 }
 
 impl Sequencer {
@@ -408,6 +414,7 @@ impl Sequencer {
         Pending {
             batch: AppendBatch { expected_size: self.state.frontier.size(), ..AppendBatch::default() },
             state: self.state.clone(),
+            ids: HashSet::new(),
             responders: Vec::new(),
         }
     }
@@ -418,8 +425,13 @@ impl Sequencer {
             return;
         }
         let state = pending.state.clone();
+        // At most two batches are between here and the store: one queued, one committing.
+        if self.in_flight_ids.len() == 2 {
+            self.in_flight_ids.pop_front();
+        }
+        self.in_flight_ids.push_back(pending.ids.clone());
         if let Err(std::sync::mpsc::SendError(WriterMsg::Batch { pending, .. })) =
-            writer.send(WriterMsg::Batch { pending, epoch: self.seen_epoch })
+            writer.send(WriterMsg::Batch { pending: Box::new(pending), epoch: self.seen_epoch })
         {
             pending.fail(AppendError::Store("the ledger writer stopped".into()));
             return;
@@ -439,6 +451,9 @@ impl Sequencer {
             // The writer died (a panic) holding batches that may or may not be stored:
             // treat it as a failed append, so the state is reloaded before anything is signed.
             self.epoch.fetch_add(1, Ordering::AcqRel);
+        } else {
+            // Everything sent is now committed (its ids guarded by the store) or failed.
+            self.in_flight_ids.clear();
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         if epoch != self.seen_epoch && self.reload() {
@@ -453,6 +468,18 @@ impl Sequencer {
 
     /// Signs one request's events into the pending batch, all or none.
     fn sign_into(&self, pending: &mut Pending, drafts: Vec<EventDraft>, respond: Responder) {
+        // Ids must be unique in the ledger: the store refuses a stored one; here the
+        // batch and the batches still on their way to the store are checked, so a
+        // duplicate is rejected alone instead of failing its whole batch.
+        for (i, draft) in drafts.iter().enumerate() {
+            let id = draft.id.0;
+            let repeated = drafts[..i].iter().any(|d| d.id.0 == id);
+            if repeated || pending.ids.contains(&id) || self.in_flight_ids.iter().any(|ids| ids.contains(&id)) {
+                let reason = format!("event id {} is already used by another event", draft.id);
+                let _ = respond.send(Err(AppendError::Rejected(EntryError::Field { field: "id", reason })));
+                return;
+            }
+        }
         let saved = (pending.state.clone(), pending.batch.entries.len(), pending.batch.nodes.len());
         let mut receipts = Vec::with_capacity(drafts.len());
         for draft in drafts {
@@ -462,6 +489,7 @@ impl Sequencer {
                     pending.state = saved.0;
                     pending.batch.entries.truncate(saved.1);
                     pending.batch.nodes.truncate(saved.2);
+                    pending.batch.ids.truncate(saved.1);
                     let _ = respond.send(Err(AppendError::Rejected(e)));
                     return;
                 }
@@ -487,6 +515,8 @@ impl Sequencer {
         state.prev = leaf;
         state.last_ts = ts;
         pending.batch.entries.push(entry);
+        pending.batch.ids.push(event.draft.id.0);
+        pending.ids.insert(event.draft.id.0);
         Ok(Receipt { seq: event.seq, id: event.draft.id, leaf_hash: leaf, ts })
     }
 

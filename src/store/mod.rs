@@ -7,7 +7,8 @@
 //!
 //! **Architecture Invariant:** an append either makes every entry, node and key
 //! change of the batch durable, or none of them; and it succeeds only if the
-//! store's size equals the expected position (optimistic concurrency).
+//! store's size equals the expected position (optimistic concurrency) and no
+//! event id of the batch is already stored.
 
 pub mod sqlite;
 
@@ -21,6 +22,8 @@ pub struct AppendBatch {
     pub entries: Vec<Vec<u8>>,
     pub nodes: Vec<(u8, u64, Hash)>,
     pub key_changes: Vec<(u64, String)>,
+    /// The event ids of `entries`; the store refuses an id it already holds.
+    pub ids: Vec<[u8; 16]>,
 }
 
 /// A key of the log and the first sequence number it signs.
@@ -40,6 +43,8 @@ pub enum StoreError {
     SchemaVersion { found: i64, supported: i64 },
     #[error("ledger store query failed: {0}")]
     Query(#[from] rusqlite::Error),
+    #[error("event id {} is already in the ledger", .0.iter().map(|b| format!("{b:02x}")).collect::<String>())]
+    DuplicateEventId([u8; 16]),
     #[error("ledger store is missing Merkle node ({level}, {index})")]
     MissingNode { level: u8, index: u64 },
     #[error("ledger store holds a corrupt value: {0}")]

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (from_seq INTEGER PRIMARY KEY, vkey TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS event_ids (id BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
 
 /// Full nodes are keyed by one integer: the level in the top 6 bits, the index below.
@@ -119,6 +120,15 @@ impl Store for SqliteStore {
             let mut insert = tx.prepare_cached("INSERT INTO nodes (id, hash) VALUES (?1, ?2)")?;
             for (level, index, hash) in &batch.nodes {
                 insert.execute(params![node_id(*level, *index), hash.as_slice()])?;
+            }
+            let mut insert = tx.prepare_cached("INSERT INTO event_ids (id) VALUES (?1)")?;
+            for id in &batch.ids {
+                if let Err(e) = insert.execute([id.as_slice()]) {
+                    return Err(match e.sqlite_error_code() {
+                        Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::DuplicateEventId(*id),
+                        _ => e.into(),
+                    });
+                }
             }
             let mut insert = tx.prepare_cached("INSERT INTO keys (from_seq, vkey) VALUES (?1, ?2)")?;
             for (from, vkey) in &batch.key_changes {

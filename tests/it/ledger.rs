@@ -479,3 +479,26 @@ async fn no_checkpoint_is_signed_over_a_batch_the_writer_died_with() {
     assert_eq!(ledger.head().size, durable);
     close(ledger, thread).await;
 }
+
+#[tokio::test]
+async fn an_event_id_is_never_used_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let first = draft(1);
+    let id = first.id;
+    ledger.append(first.clone()).await.unwrap();
+    // Twice in one request, and again later: refused, and nothing else of the request is stored.
+    let mut again = draft(2);
+    again.id = id;
+    let twice = ledger.append_all(vec![draft(3), again.clone()]).await;
+    assert!(matches!(twice, Err(AppendError::Rejected(_))), "{twice:?}");
+    let size = ledger.head().size;
+    close(ledger, thread).await;
+    // After a restart the check is the store's: the batch fails and nothing is appended.
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let err = ledger.append(again).await.expect_err("a stored id is refused");
+    assert!(err.to_string().contains("already in the ledger"), "{err}");
+    assert_eq!(ledger.head().size, size);
+    ledger.append(draft(4)).await.unwrap();
+    close(ledger, thread).await;
+}

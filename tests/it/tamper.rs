@@ -595,3 +595,25 @@ fn the_untampered_proptest_base_export_verifies() {
     assert_eq!(summary.checkpoint.size, 300);
     assert_eq!((summary.entries_verified, summary.keys.len()), (300, 2));
 }
+
+#[test]
+fn a_leaked_retired_key_cannot_rotate_to_its_own_key_past_its_pinned_range() {
+    // The auditor pinned the first key for entries 0..6 and another key from 6 on. Whoever holds
+    // the first key forges a rotation at 3 to a key of their own, which then signs everything after.
+    let (forged, dir) = given_export(Spec::new(12).rotating_at(3));
+    let first = forged.initial.verifier().clone();
+    let next = signer(ORIGIN, &ATTACKER_SEED).verifier().clone();
+    let pinned =
+        KeySet::new(vec![PinnedKey { key: first, from: 0, to: Some(6) }, PinnedKey { key: next, from: 6, to: None }]);
+    assert_fails(verify(dir.path(), &pinned), Check::KeyNotInForce, Some(6));
+}
+
+#[test]
+fn a_rotation_the_auditor_pinned_both_keys_for_verifies() {
+    let (ledger, dir) = given_export(Spec::new(12).rotating_at(5));
+    let pinned = KeySet::new(vec![
+        PinnedKey { key: ledger.initial.verifier().clone(), from: 0, to: Some(6) },
+        PinnedKey { key: ledger.rotated.as_ref().unwrap().verifier().clone(), from: 6, to: None },
+    ]);
+    assert_eq!(verify(dir.path(), &pinned).unwrap().entries_verified, 12);
+}

@@ -1,0 +1,1015 @@
+#!/usr/bin/env python3
+"""Independent verifier for Portcullis ledger exports and tlog-proof files.
+
+Written from ``schemas/FORMAT.md`` alone (with the RFCs and C2SP specifications it cites),
+without reading the Rust reference implementation: it exists to show that the specification is
+complete enough to implement, and to cross-check the reference on the test vectors of
+``schemas/testdata/``. Python 3.11, standard library only; Ed25519 verification is implemented
+here in pure Python (RFC 8032 section 5.1.7, strict as FORMAT.md section 2.3 requires). It is
+slow but exports in tests are small.
+
+Usage:
+    portcullis_verify.py EXPORT_DIR --key VKEY[@FROM-[TO]] [--key ...] [--anchor FILE]
+                         [--allow-partial] [--json]
+    portcullis_verify.py proof FILE --key VKEY[@FROM-[TO]] [--key ...] [--json]
+
+Exit status: 0 verified, 1 verification failure, 2 usage error (including a malformed or weak
+pinned key). With --json the result is printed as
+``{"ok": true, "size": N, "entries_verified": N}`` or
+``{"ok": false, "check": "<code>", "seq": N|null, "reason": "..."}``.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+
+class Fail(Exception):
+    """A verification failure: a code of FORMAT.md section 9.1 (or a tlog-proof error)."""
+
+    def __init__(self, check: str, reason: str, seq: int | None = None):
+        super().__init__(reason)
+        self.check, self.reason, self.seq = check, reason, seq
+
+
+# ---------------------------------------------------------------------------------------------
+# Encodings (section 1)
+
+# Unicode White_Space (PropList.txt).
+WHITE_SPACE = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+                         0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
+DECIMAL = re.compile(r"0|[1-9][0-9]*")
+U64_MAX = 2**64 - 1
+
+
+def b64decode(s: str | bytes, length: int | None = None) -> bytes:
+    """Strict RFC 4648 base64: canonical padding, alphabet only, zero unused bits."""
+    raw = s.encode("ascii") if isinstance(s, str) else s  # UnicodeEncodeError is a ValueError
+    out = base64.b64decode(raw, validate=True)
+    if base64.b64encode(out) != raw:
+        raise ValueError("non-canonical base64")
+    if length is not None and len(out) != length:
+        raise ValueError(f"base64 value is {len(out)} bytes, not {length}")
+    return out
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def decimal(s: str, limit: int = U64_MAX) -> int:
+    if not DECIMAL.fullmatch(s) or int(s) > limit:
+        raise ValueError(f"bad decimal {s!r}")
+    return int(s)
+
+
+def valid_name(name: str) -> bool:
+    """Key name / origin (section 2.1 item 5): non-empty, no White_Space, no '+'."""
+    return bool(name) and "+" not in name and not any(ord(c) in WHITE_SPACE for c in name)
+
+
+def strip_ws(s: str) -> str:
+    i, j = 0, len(s)
+    while i < j and ord(s[i]) in WHITE_SPACE:
+        i += 1
+    while j > i and ord(s[j - 1]) in WHITE_SPACE:
+        j -= 1
+    return s[i:j]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ed25519 (RFC 8032), extended homogeneous coordinates
+
+P = 2**255 - 19
+L_ORDER = 2**252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+IDENTITY = (0, 1, 1, 0)
+
+
+def _add(p1, p2):
+    x1, y1, z1, t1 = p1
+    x2, y2, z2, t2 = p2
+    a, b = (y1 - x1) * (y2 - x2) % P, (y1 + x1) * (y2 + x2) % P
+    c, d = t1 * 2 * D * t2 % P, z1 * 2 * z2 % P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def _mul(s: int, pt):
+    q = IDENTITY
+    while s > 0:
+        if s & 1:
+            q = _add(q, pt)
+        pt = _add(pt, pt)
+        s >>= 1
+    return q
+
+
+def _equal(p1, p2) -> bool:
+    return (p1[0] * p2[2] - p2[0] * p1[2]) % P == 0 and (p1[1] * p2[2] - p2[1] * p1[2]) % P == 0
+
+
+def _recover_x(y: int, sign: int) -> int | None:
+    if y >= P:
+        return None
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * SQRT_M1 % P
+    if (x * x - x2) % P:
+        return None
+    return P - x if (x & 1) != sign else x
+
+
+def decode_point(b: bytes, lenient_y: bool = False):
+    """RFC 8032 5.1.3. With lenient_y, y >= p is reduced (as the reference does for keys)."""
+    if len(b) != 32:
+        return None
+    y = int.from_bytes(b, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if lenient_y and y >= P:
+        y -= P
+    x = _recover_x(y, sign)
+    return None if x is None else (x, y, 1, x * y % P)
+
+
+def encode_point(pt) -> bytes:
+    zi = pow(pt[2], P - 2, P)
+    x, y = pt[0] * zi % P, pt[1] * zi % P
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def small_order(pt) -> bool:
+    return _equal(_mul(8, pt), IDENTITY)
+
+
+_BY = 4 * pow(5, P - 2, P) % P
+BASE = (_recover_x(_BY, 0), _BY, 1, _recover_x(_BY, 0) * _BY % P)
+
+
+def ed25519_verify(pub: bytes, a_point, msg: bytes, sig: bytes) -> bool:
+    """Strict verification (section 2.3): S < L, R not of small order, cofactorless equation
+    checked by re-encoding [S]B - [k]A and comparing with R's bytes."""
+    if len(sig) != 64:
+        return False
+    r_bytes, s = sig[:32], int.from_bytes(sig[32:], "little")
+    if s >= L_ORDER:
+        return False
+    r = decode_point(r_bytes)
+    if r is None or small_order(r):
+        return False
+    k = int.from_bytes(hashlib.sha512(r_bytes + pub + msg).digest(), "little") % L_ORDER
+    neg_a = ((-a_point[0]) % P, a_point[1], a_point[2], (-a_point[3]) % P)
+    return encode_point(_add(_mul(s, BASE), _mul(k, neg_a))) == r_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys (sections 2.2, 6.3)
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    key_id: int
+    pub: bytes
+    point: tuple = field(compare=False, hash=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.name}+{self.key_id:08x}+" + b64(b"\x01" + self.pub)
+
+
+def key_id(name: str, pub: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode() + b"\n\x01" + pub).digest()[:4], "big")
+
+
+def parse_vkey(s: str) -> Key:
+    """A verifier key string, loaded strictly; raises ValueError."""
+    parts = strip_ws(s).split("+", 2)
+    if len(parts) != 3:
+        raise ValueError("verifier key is not <name>+<id>+<key>")
+    name, idhex, key64 = parts
+    if not valid_name(name):
+        raise ValueError(f"invalid key name {name!r}")
+    if not re.fullmatch(r"[0-9a-f]{8}", idhex):
+        raise ValueError("key ID is not 8 lowercase hex digits")
+    raw = b64decode(key64)
+    if len(raw) != 33 or raw[0] != 0x01:
+        raise ValueError("key is not 0x01 followed by 32 bytes")
+    pub = raw[1:]
+    point = decode_point(pub, lenient_y=True)
+    if point is None:
+        raise ValueError("key is not an Edwards point")
+    if small_order(point):
+        raise ValueError("weak key (small order)")
+    if key_id(name, pub) != int(idhex, 16):
+        raise ValueError("key ID does not match name and key")
+    return Key(name, int(idhex, 16), pub, point)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    key: Key
+    lo: int
+    hi: int | None  # exclusive
+
+    def covers(self, s: int) -> bool:
+        return self.lo <= s and (self.hi is None or s < self.hi)
+
+
+def parse_pinned(s: str) -> Pinned:
+    s = strip_ws(s)
+    if "@" not in s:
+        return Pinned(parse_vkey(s), 0, None)
+    vkey, rng = s.rsplit("@", 1)
+    m = re.fullmatch(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)?", rng)
+    if not m:
+        raise ValueError(f"bad range {rng!r}")
+    lo, hi = int(m[1]), None if m[2] is None else int(m[2])
+    if hi is not None and hi <= lo:
+        raise ValueError("range end must exceed its start")
+    return Pinned(parse_vkey(vkey), lo, hi)
+
+
+def permitted(key: Key, s: int, pinned: list[Pinned]) -> bool:
+    ranges = [p for p in pinned if p.key == key]
+    return not ranges or any(p.covers(s) for p in ranges)
+
+
+def pinned_covering(pinned: list[Pinned], s: int, origin: str) -> list[Key]:
+    out: list[Key] = []
+    for p in pinned:
+        if p.covers(s) and p.key.name == origin and p.key not in out:
+            out.append(p.key)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed notes (section 2.1, 2.3)
+
+@dataclass
+class SigLine:
+    name: str
+    key_id: int
+    sig: bytes
+
+    def matches(self, key: Key) -> bool:
+        return self.name == key.name and self.key_id == key.key_id
+
+
+def parse_note(b: bytes) -> tuple[bytes, list[SigLine]]:
+    b.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if any(c < 0x20 and c != 0x0A for c in b):
+        raise ValueError("control byte in note")
+    i = b.rfind(b"\n\n")
+    if i < 0:
+        raise ValueError("note has no blank line")
+    text, block = b[: i + 1], b[i + 2:]
+    if not block or not block.endswith(b"\n"):
+        raise ValueError("empty or unterminated signature block")
+    lines = block[:-1].split(b"\n")
+    if not 1 <= len(lines) <= 64:
+        raise ValueError("1 to 64 signature lines required")
+    sigs = []
+    for line in lines:
+        s = line.decode()
+        if not s.startswith("\u2014 "):
+            raise ValueError("signature line does not start with an em dash and a space")
+        parts = s[2:].split(" ")
+        if len(parts) != 2 or not valid_name(parts[0]):
+            raise ValueError("malformed signature line")
+        raw = b64decode(parts[1])
+        if len(raw) < 5:
+            raise ValueError("signature line shorter than 5 bytes")
+        sigs.append(SigLine(parts[0], int.from_bytes(raw[:4], "big"), raw[4:]))
+    return text, sigs
+
+
+def verify_line(line: SigLine, key: Key, text: bytes) -> bool:
+    return line.matches(key) and ed25519_verify(key.pub, key.point, text, line.sig)
+
+
+def note_verified(text: bytes, sigs: list[SigLine], keys: list[Key]) -> bool:
+    """Signed-note rule: matching lines must all verify; at least one must match."""
+    matched = False
+    for line in sigs:
+        for key in keys:
+            if line.matches(key):
+                if not verify_line(line, key, text):
+                    return False
+                matched = True
+    return matched
+
+
+@dataclass
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+    text: bytes
+    sigs: list[SigLine]
+
+    def verified_by(self, keys: list[Key]) -> bool:
+        return note_verified(self.text, self.sigs, keys)
+
+
+def parse_checkpoint(b: bytes) -> Checkpoint:
+    """Section 7.1; raises ValueError."""
+    text, sigs = parse_note(b)
+    lines = text.decode().split("\n")
+    if len(lines) != 4:
+        raise ValueError("checkpoint text is not exactly three lines")
+    if not valid_name(lines[0]):
+        raise ValueError("invalid origin")
+    return Checkpoint(lines[0], decimal(lines[1]), b64decode(lines[2], 32), text, sigs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical JSON (section 3)
+
+MAX_INT = 2**53 - 1
+NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+class _Parser:
+    """Recursive descent over the subset of section 3.1 (white space parses; the canonical
+    check refuses it later)."""
+
+    def __init__(self, s: str):
+        self.s, self.i = s, 0
+
+    def fail(self, why: str):
+        raise ValueError(f"JSON: {why} at offset {self.i}")
+
+    def peek(self) -> str:
+        while self.s[self.i:self.i + 1] in (" ", "\t", "\n", "\r"):
+            self.i += 1
+        return self.s[self.i:self.i + 1]
+
+    def value(self, depth: int):
+        c, s, i = self.peek(), self.s, self.i
+        if c in ("{", "["):
+            if depth >= 64:
+                self.fail("nesting deeper than 64")
+            return self.container(c, depth + 1)
+        if c == '"':
+            return self.string()
+        for lit, val in (("true", True), ("false", False), ("null", None)):
+            if s.startswith(lit, i):
+                self.i += len(lit)
+                return val
+        m = NUMBER.match(s, i)
+        if not m or abs(int(m.group())) > MAX_INT:
+            self.fail("unexpected character or integer out of range")
+        self.i = m.end()
+        return int(m.group())
+
+    def container(self, c: str, depth: int):
+        close, out = ("}", {}) if c == "{" else ("]", [])
+        self.i += 1
+        if self.peek() == close:
+            self.i += 1
+            return out
+        while True:
+            if close == "]":
+                out.append(self.value(depth))
+            else:
+                if self.peek() != '"':
+                    self.fail("expected a key")
+                k = self.string()
+                if k in out:
+                    self.fail(f"duplicate key {k!r}")
+                if self.peek() != ":":
+                    self.fail("expected ':'")
+                self.i += 1
+                out[k] = self.value(depth)
+            c = self.peek()
+            self.i += 1
+            if c == close:
+                return out
+            if c != ",":
+                self.fail("expected ',' or the end of the container")
+
+    def hex4(self, j: int) -> int:
+        if not HEX4.fullmatch(self.s[j:j + 4]):
+            self.fail("bad \\u escape")
+        return int(self.s[j:j + 4], 16)
+
+    def string(self) -> str:
+        s, out = self.s, []
+        self.i += 1
+        while (c := s[self.i:self.i + 1]) != '"':
+            if c == "" or ord(c) < 0x20:
+                self.fail("unterminated string or raw control character")
+            if c != "\\":
+                out.append(c)
+                self.i += 1
+                continue
+            e = s[self.i + 1:self.i + 2]
+            if e and e in ESCAPES:
+                out.append(ESCAPES[e])
+                self.i += 2
+                continue
+            if e != "u":
+                self.fail("bad escape")
+            cp = self.hex4(self.i + 2)
+            self.i += 6
+            if 0xD800 <= cp <= 0xDBFF:  # must be followed by an escaped low surrogate
+                lo = self.hex4(self.i + 2) if s[self.i:self.i + 2] == "\\u" else -1
+                if not 0xDC00 <= lo <= 0xDFFF:
+                    self.fail("lone high surrogate")
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                self.i += 6
+            elif 0xDC00 <= cp <= 0xDFFF:
+                self.fail("lone low surrogate")
+            out.append(chr(cp))
+        self.i += 1
+        return "".join(out)
+
+
+def parse_json(s: str):
+    p = _Parser(s)
+    v = p.value(0)
+    if p.peek() != "":
+        p.fail("trailing data")
+    return v
+
+
+def canon_str(s: str) -> str:
+    out = ['"']
+    for c in s:
+        if c == '"':
+            out.append('\\"')
+        elif c == "\\":
+            out.append("\\\\")
+        elif c in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[c])
+        elif ord(c) < 0x20:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out) + '"'
+
+
+def canonical(v) -> str:
+    if v is None or v is True or v is False:
+        return {None: "null", True: "true", False: "false"}[v]
+    if type(v) is int:
+        return str(v)
+    if isinstance(v, str):
+        return canon_str(v)
+    if isinstance(v, list):
+        return "[" + ",".join(canonical(x) for x in v) + "]"
+    keys = sorted(v, key=lambda k: k.encode("utf-16-be"))
+    return "{" + ",".join(canon_str(k) + ":" + canonical(v[k]) for k in keys) + "}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Events (section 4)
+
+HEADER = b"portcullis/event/v1\n"
+FIELDS = {"actor", "data", "id", "kind", "log", "prev", "seq", "ts", "v"}
+TS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.[0-9]{6}Z")
+KIND = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+
+
+def _ident(v) -> bool:
+    return isinstance(v, str) and 1 <= len(v) <= 256 and not any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in v)
+
+
+def _valid_ts(ts) -> bool:
+    m = TS.fullmatch(ts) if isinstance(ts, str) else None
+    if not m:
+        return False
+    y, mo, d, h, mi, s = map(int, m.groups())
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    days = [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    return (1970 <= y <= 9999 and 1 <= mo <= 12 and 1 <= d <= days[mo - 1] and h <= 23
+            and mi <= 59 and s <= 59)
+
+
+def _check_fields(ev) -> None:
+    def need(ok: bool, what: str):
+        if not ok:
+            raise ValueError(f"field {what} is invalid")
+    need(isinstance(ev, dict) and set(ev) == FIELDS, "set (exactly nine members)")
+    actor = ev["actor"]
+    need(isinstance(actor, dict) and set(actor) == {"groups", "sub", "via"}, "actor")
+    need(_ident(actor["sub"]), "actor.sub")
+    groups = actor["groups"]
+    need(isinstance(groups, list) and len(groups) <= 256 and all(map(_ident, groups)),
+         "actor.groups")
+    via = actor["via"]
+    need(isinstance(via, str) and re.fullmatch(r"[a-z0-9-]{1,32}", via) is not None, "actor.via")
+    need(isinstance(ev["data"], dict), "data")
+    need(isinstance(ev["id"], str) and re.fullmatch(r"[0-9a-f]{32}", ev["id"]) is not None, "id")
+    kind = ev["kind"]
+    need(isinstance(kind, str) and len(kind.encode()) <= 64 and KIND.fullmatch(kind) is not None,
+         "kind")
+    log = ev["log"]
+    need(isinstance(log, str) and 1 <= len(log.encode()) <= 255 and valid_name(log), "log")
+    try:
+        prev_ok = isinstance(ev["prev"], str) and len(b64decode(ev["prev"], 32)) == 32
+    except ValueError:
+        prev_ok = False
+    need(prev_ok, "prev")
+    need(type(ev["seq"]) is int and 0 <= ev["seq"] <= MAX_INT, "seq")
+    need(_valid_ts(ev["ts"]), "ts")
+    need(type(ev["v"]) is int and 1 <= ev["v"] <= 65535, "v")
+
+
+@dataclass
+class Entry:
+    raw: bytes
+    text: bytes
+    line: bytes
+    event: dict
+    sigs: list[SigLine]
+    new_key: Key | None
+
+
+def parse_entry(b: bytes) -> Entry:
+    """Section 4.1, rules 1-6 in order; raises ValueError."""
+    if len(b) > 65535:
+        raise ValueError("entry larger than 65535 bytes")
+    text, sigs = parse_note(b)
+    if not text.startswith(HEADER) or b"\n" in text[len(HEADER):-1]:
+        raise ValueError("text is not the event header and one line")
+    line = text[len(HEADER):-1]
+    ev = parse_json(line.decode())
+    if canonical(ev).encode() != line:
+        raise ValueError("event JSON is not canonical")
+    _check_fields(ev)
+    new_key = None
+    if ev["kind"] == "key.rotated":
+        nk = ev["data"].get("new_key")
+        if not isinstance(nk, str):
+            raise ValueError("key.rotated without a string data.new_key")
+        new_key = parse_vkey(nk)
+        if new_key.name != ev["log"]:
+            raise ValueError("data.new_key is not named after the log")
+    if len(sigs) != (2 if new_key else 1):
+        raise ValueError(f"wrong number of signature lines ({len(sigs)})")
+    return Entry(b, text, line, ev, sigs, new_key)
+
+
+def jsonl_line(e: Entry, leaf: bytes) -> bytes:
+    sigs = ",".join('{"key_id":"%08x","name":%s,"signature":"%s"}'
+                    % (s.key_id, canon_str(s.name), b64(s.sig)) for s in e.sigs)
+    return (b'{"event":' + e.line + b',"leaf_hash":"' + b64(leaf).encode() + b'","seq":'
+            + str(e.event["seq"]).encode() + b',"signatures":[' + sigs.encode() + b"]}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Merkle tree (section 5)
+
+def leaf_hash(entry: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def mth(leaves: list[bytes], lo: int = 0, hi: int | None = None) -> bytes:
+    hi = len(leaves) if hi is None else hi
+    if hi - lo == 0:
+        return hashlib.sha256(b"").digest()
+    if hi - lo == 1:
+        return leaves[lo]
+    k = 1 << ((hi - lo - 1).bit_length() - 1)
+    return node_hash(mth(leaves, lo, lo + k), mth(leaves, lo + k, hi))
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(old: int, new: int, proof: list[bytes], old_root: bytes,
+                       new_root: bytes) -> bool:
+    if old > new or (old == 0 and new > 0):
+        return False
+    if old == new:
+        return not proof and old_root == new_root
+    if not proof:
+        return False
+    path = ([old_root] if old & (old - 1) == 0 else []) + proof
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+# ---------------------------------------------------------------------------------------------
+# Export layout (section 8.2)
+
+def index_path(n: int) -> str:
+    digits = str(n)
+    digits = digits.zfill(-(-len(digits) // 3) * 3)
+    groups = [digits[i:i + 3] for i in range(0, len(digits), 3)]
+    return "/".join(["x" + g for g in groups[:-1]] + [groups[-1]])
+
+
+def tile_path(level: int | str, n: int, width: int) -> str:
+    return f"tile/{level}/{index_path(n)}" + (f".p/{width}" if width < 256 else "")
+
+
+def tile_set(n: int):
+    """Yields (level, index, width) for every hash tile of a tree of size n."""
+    level = 0
+    while (h := n // 256**level) > 0:
+        for i in range(h // 256):
+            yield level, i, 256
+        if h % 256:
+            yield level, h // 256, h % 256
+        level += 1
+
+
+def read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class Tree:
+    """Appends leaves, keeps the full nodes of every level and checks each full hash tile as
+    soon as it is complete (section 9 step 5.12)."""
+
+    def __init__(self, root_dir: str, anchor_size: int | None):
+        self.dir, self.levels = root_dir, [[]]
+        self.anchor_size = anchor_size
+        self.anchor_root = mth([]) if anchor_size == 0 else None
+
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    def tile_bytes(self, level: int, index: int, width: int) -> bytes:
+        nodes = self.levels[8 * level] if 8 * level < len(self.levels) else []
+        return b"".join(nodes[256 * index:256 * index + width])
+
+    def check_tile(self, level: int, index: int, width: int) -> None:
+        path = tile_path(level, index, width)
+        data = read(os.path.join(self.dir, path))
+        if data is None:
+            raise Fail("layout", f"cannot read {path}")
+        if data != self.tile_bytes(level, index, width):
+            raise Fail("tile", f"{path} differs from the recomputed hashes")
+
+    def append(self, leaf: bytes) -> None:
+        self.levels[0].append(leaf)
+        changed, lvl = [0], 0
+        while len(self.levels[lvl]) % 2 == 0:
+            nodes = self.levels[lvl]
+            lvl += 1
+            if lvl == len(self.levels):
+                self.levels.append([])
+            self.levels[lvl].append(node_hash(nodes[-2], nodes[-1]))
+            changed.append(lvl)
+        for lvl in changed:
+            count = len(self.levels[lvl])
+            if lvl % 8 == 0 and count % 256 == 0:
+                self.check_tile(lvl // 8, count // 256 - 1, 256)
+        if self.size() == self.anchor_size:
+            self.anchor_root = mth(self.levels[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Export verification (section 9)
+
+def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = None,
+                  allow_partial: bool = False) -> dict:
+    # 1. Checkpoint.
+    cp_raw = read(os.path.join(export_dir, "checkpoint"))
+    if cp_raw is None:
+        raise Fail("layout", "cannot read checkpoint")
+    try:
+        cp = parse_checkpoint(cp_raw)
+    except ValueError as e:
+        raise Fail("checkpoint", f"malformed checkpoint: {e}") from None
+    origin, n = cp.origin, cp.size
+
+    # 2. Anchor, first part.
+    an = None
+    if anchor is not None:
+        try:
+            an = parse_checkpoint(anchor)
+        except ValueError as e:
+            raise Fail("anchor", f"malformed anchor: {e}") from None
+        if an.origin != origin:
+            raise Fail("anchor", f"anchor is for log {an.origin!r}, not {origin!r}")
+        if an.size > n:
+            if not an.verified_by(pinned_covering(pinned, an.size, origin)):
+                raise Fail("anchor", f"anchor of size {an.size} is not signed by a pinned key")
+            raise Fail("truncation", f"anchor size {an.size} exceeds the checkpoint size {n}")
+
+    # 3. Layout.
+    for level, idx, width in tile_set(n):
+        if not os.path.isfile(os.path.join(export_dir, tile_path(level, idx, width))):
+            raise Fail("layout", f"missing hash tile {tile_path(level, idx, width)}")
+    bundles = [(idx, width) for level, idx, width in tile_set(n) if level == 0]
+    present = [os.path.isfile(os.path.join(export_dir, tile_path("entries", i, w)))
+               for i, w in bundles]
+    first = next((k for k, p in enumerate(present) if p), None)
+    if bundles and first != 0 and not allow_partial:
+        raise Fail("entry-missing", "the first entry bundle is absent (not a range export)", 0)
+    if first is not None:
+        for k in range(first, len(bundles)):
+            if not present[k]:
+                i, w = bundles[k]
+                raise Fail("entry-missing", f"missing bundle {tile_path('entries', i, w)}",
+                           256 * i)
+    expected = {"checkpoint", "entries.jsonl"}
+    expected.update(tile_path(lv, i, w) for lv, i, w in tile_set(n))
+    expected.update(tile_path("entries", i, w) for i, w in bundles)
+    found = []
+    for dirpath, _dirs, files in os.walk(export_dir):
+        rel = os.path.relpath(dirpath, export_dir)
+        found += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
+    for rel in sorted(found, key=lambda p: p.split("/")):
+        if rel not in expected:
+            raise Fail("layout", f"unexpected file {rel}")
+    jsonl = read(os.path.join(export_dir, "entries.jsonl"))
+    if jsonl is None:
+        raise Fail("layout", "cannot read entries.jsonl")
+
+    # 4. Leading leaves of a range export.
+    tree = Tree(export_dir, an.size if an else None)
+    for i, w in bundles[:len(bundles) if first is None else first]:
+        data = read(os.path.join(export_dir, tile_path(0, i, w)))
+        if data is None:
+            raise Fail("layout", f"cannot read {tile_path(0, i, w)}")
+        if len(data) != 32 * w:
+            raise Fail("tile", f"{tile_path(0, i, w)} is {len(data)} bytes, not {32 * w}")
+        for j in range(w):
+            tree.append(data[32 * j:32 * j + 32])
+
+    # 5. Entries, bundle by bundle.
+    prev = tree.levels[0][-1] if tree.size() else bytes(32)
+    prev_ts, ids, key = None, set(), None
+    first_key, first_seq, rotations, verified, pos = None, None, [], 0, 0
+    first_ts = last_ts = None
+    for i, w in bundles[len(bundles) if first is None else first:]:
+        path = tile_path("entries", i, w)
+        data = read(os.path.join(export_dir, path))
+        if data is None:
+            raise Fail("entry-syntax", f"cannot read bundle {path}", 256 * i)
+        entries, off = [], 0
+        while off < len(data):
+            length = int.from_bytes(data[off:off + 2], "big")
+            if off + 2 + length > len(data):
+                raise Fail("entry-syntax", f"length prefix runs past the end of {path}",
+                           256 * i + len(entries))
+            entries.append(data[off + 2:off + 2 + length])
+            off += 2 + length
+        if len(entries) != w:
+            raise Fail("entry-missing", f"bundle {path} holds {len(entries)} entries, not {w}",
+                       256 * i + min(len(entries), w))
+        for k, raw in enumerate(entries):
+            s = 256 * i + k
+            try:
+                e = parse_entry(raw)
+            except ValueError as exc:
+                raise Fail("entry-syntax", f"entry {s}: {exc}", s) from None
+            ev = e.event
+            if ev["seq"] != s:
+                raise Fail("sequence", f"entry at position {s} has seq {ev['seq']}", s)
+            if ev["log"] != origin:
+                raise Fail("origin", f"entry {s} belongs to log {ev['log']!r}", s)
+            if b64decode(ev["prev"]) != prev:
+                raise Fail("prev-hash", f"entry {s}: prev is not the preceding leaf hash", s)
+            if prev_ts is not None and ev["ts"] < prev_ts:
+                raise Fail("timestamp", f"entry {s}: ts {ev['ts']} is before {prev_ts}", s)
+            if ev["id"] in ids:
+                raise Fail("duplicate-id", f"entry {s}: event ID {ev['id']} repeated", s)
+            ids.add(ev["id"])
+            if key is None:
+                key = next((p.key for p in pinned if p.covers(s) and p.key.name == origin
+                            and e.sigs[0].matches(p.key)), None)
+                if key is None:
+                    raise Fail("key-not-in-force",
+                               f"no pinned key covering {s} matches its signature", s)
+                first_key, first_seq = key, s
+            if not verify_line(e.sigs[0], key, e.text):
+                raise Fail("signature", f"entry {s}: signature line 1 is not a valid signature "
+                           f"by the key in force {key.key_id:08x}", s)
+            if not permitted(key, s, pinned):
+                raise Fail("key-not-in-force", f"key {key.key_id:08x} is not pinned for {s}", s)
+            if e.new_key is not None:
+                if not verify_line(e.sigs[1], e.new_key, e.text):
+                    raise Fail("signature", f"entry {s}: signature line 2 is not a valid "
+                               "signature by the new key", s)
+                key = e.new_key
+                rotations.append((s + 1, key))
+            line = jsonl_line(e, leaf := leaf_hash(raw))
+            if jsonl[pos:pos + len(line)] != line:
+                raise Fail("jsonl", f"entries.jsonl line for entry {s} differs", s)
+            pos += len(line)
+            tree.append(leaf)
+            prev, prev_ts, verified = leaf, ev["ts"], verified + 1
+            first_ts, last_ts = first_ts or ev["ts"], ev["ts"]
+
+    # 6. Partial tiles.
+    for level, idx, width in tile_set(n):
+        if width < 256:
+            tree.check_tile(level, idx, width)
+
+    # 7. Root.
+    if mth(tree.levels[0]) != cp.root:
+        raise Fail("root", "the recomputed root differs from the checkpoint's")
+    if pos != len(jsonl):
+        raise Fail("jsonl", "entries.jsonl has extra lines")
+
+    def key_in_force(size: int) -> Key:
+        return next((k for first_s, k in reversed(rotations) if first_s <= size), first_key)
+
+    # 8. Checkpoint signature.
+    if verified:
+        k = key_in_force(n)
+        if not (cp.verified_by([k]) and permitted(k, n, pinned)):
+            raise Fail("checkpoint-signature",
+                       f"checkpoint not signed by the key in force at {n} ({k.key_id:08x})")
+    elif not cp.verified_by(pinned_covering(pinned, n, origin)):
+        raise Fail("checkpoint-signature", f"checkpoint not signed by a pinned key covering {n}")
+
+    # 9. Anchor, second part.
+    if an is not None:
+        a = an.size
+        if not verified or a < first_seq:
+            keys = pinned_covering(pinned, a, origin)
+        else:
+            keys = [key_in_force(a)]
+        if not an.verified_by(keys):
+            raise Fail("anchor", f"anchor of size {a} is not signed by the key in force")
+        if tree.anchor_root != an.root:
+            raise Fail("fork", f"the tree of size {a} differs from the anchor",
+                       a - 1 if a else None)
+
+    return {"origin": origin, "size": n, "root": b64(cp.root), "first_seq": first_seq,
+            "entries_verified": verified, "first_ts": first_ts, "last_ts": last_ts,
+            "keys": ([(first_seq, str(first_key))] if first_key else [])
+            + [(s, str(k)) for s, k in rotations],
+            "anchor_size": an.size if an else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# tlog-proof files (section 8.1)
+
+def verify_proof_file(data: bytes, pinned: list[Pinned]) -> dict:
+    """Failure codes: malformed, checkpoint, checkpoint-signature, no-entry, entry-syntax,
+    entry-mismatch, signature, inclusion."""
+    try:
+        data.decode("utf-8")
+        cut = data.index(b"\n\n")
+        head, note = data[:cut].decode().split("\n"), data[cut + 2:]
+        if head[0] != "c2sp.org/tlog-proof@v1":
+            raise ValueError("not a c2sp.org/tlog-proof@v1 file")
+        pos, extra = 1, None
+        if pos < len(head) and head[pos].startswith("extra "):
+            extra, pos = b64decode(head[pos][6:]), pos + 1
+        if pos >= len(head) or not head[pos].startswith("index "):
+            raise ValueError("missing index line")
+        index = decimal(head[pos][6:])
+        proof = [b64decode(h, 32) for h in head[pos + 1:]]
+    except ValueError as e:
+        raise Fail("malformed", f"malformed proof file: {e}") from None
+    try:
+        cp = parse_checkpoint(note)
+    except ValueError as e:
+        raise Fail("checkpoint", f"malformed checkpoint: {e}") from None
+    if not cp.verified_by(pinned_covering(pinned, cp.size, cp.origin)):
+        raise Fail("checkpoint-signature", f"checkpoint not signed by a pinned key covering "
+                   f"{cp.size}")
+    if extra is None:
+        raise Fail("no-entry", "the proof file has no extra line")
+    try:
+        e = parse_entry(extra)
+    except ValueError as exc:
+        raise Fail("entry-syntax", f"entry: {exc}") from None
+    if e.event["seq"] != index or e.event["log"] != cp.origin:
+        raise Fail("entry-mismatch", f"entry seq {e.event['seq']} / log {e.event['log']!r} "
+                   f"differ from index {index} / origin {cp.origin!r}")
+    keys = [k for k in pinned_covering(pinned, index, cp.origin) if e.sigs[0].matches(k)]
+    if not keys or not verify_line(e.sigs[0], keys[0], e.text):
+        raise Fail("signature", f"signature line 1 does not verify under a pinned key "
+                   f"covering {index}")
+    if e.new_key is not None and not verify_line(e.sigs[1], e.new_key, e.text):
+        raise Fail("signature", "signature line 2 does not verify under the new key")
+    if not verify_inclusion(leaf_hash(extra), index, cp.size, proof, cp.root):
+        raise Fail("inclusion", f"inclusion proof of {index} in the tree of size {cp.size} "
+                   "fails")
+    return {"origin": cp.origin, "size": cp.size, "index": index, "entries_verified": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+class _ArgParser(argparse.ArgumentParser):
+    json_mode = False
+
+    def error(self, message):
+        if self.json_mode:
+            print(json.dumps({"ok": False, "check": "usage", "seq": None, "reason": message}))
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = _ArgParser(prog="portcullis_verify.py",
+                    description="Verify a Portcullis export (or: proof FILE) from FORMAT.md.")
+    ap.json_mode = "--json" in argv
+    ap.add_argument("target", nargs="+", help="EXPORT_DIR, or 'proof' FILE")
+    ap.add_argument("--key", action="append", default=[], metavar="VKEY[@FROM-[TO]]")
+    ap.add_argument("--anchor", metavar="FILE")
+    ap.add_argument("--allow-partial", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    proof_mode = args.target[0] == "proof" and len(args.target) == 2
+    if len(args.target) != 1 and not proof_mode:
+        ap.error("expected EXPORT_DIR or: proof FILE")
+    if proof_mode and (args.anchor or args.allow_partial):
+        ap.error("--anchor and --allow-partial apply to exports only")
+    if not args.key:
+        ap.error("at least one --key is required")
+    pinned = []
+    for k in args.key:
+        try:
+            pinned.append(parse_pinned(k))
+        except ValueError as e:
+            ap.error(f"refusing pinned key {k!r}: {e}")
+    try:
+        if proof_mode:
+            data = read(args.target[1])
+            if data is None:
+                ap.error(f"cannot read {args.target[1]}")
+            report = verify_proof_file(data, pinned)
+        else:
+            anchor = None
+            if args.anchor is not None:
+                anchor = read(args.anchor)
+                if anchor is None:
+                    raise Fail("anchor", f"cannot read anchor {args.anchor}")
+            report = verify_export(args.target[0], pinned, anchor, args.allow_partial)
+    except Fail as f:
+        if args.json:
+            print(json.dumps({"ok": False, "check": f.check, "seq": f.seq, "reason": f.reason}))
+        else:
+            where = f" at seq {f.seq}" if f.seq is not None else ""
+            print(f"FAILED [{f.check}]{where}: {f.reason}")
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, "size": report["size"],
+                          "entries_verified": report["entries_verified"]}))
+    else:
+        print("OK")
+        for k, v in report.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
