@@ -13,8 +13,11 @@
 
 pub mod api;
 pub mod config;
+pub mod domain;
 pub mod export;
 pub mod keyfile;
 pub mod ledger;
+pub mod policy;
 pub mod serve;
 pub mod store;
+pub mod workflow;

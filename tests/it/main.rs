@@ -9,5 +9,6 @@ mod crash;
 mod edges;
 mod format_vectors;
 mod ledger;
+mod python_verifier;
 mod rfc9162_vectors;
 mod tamper;

@@ -1,21 +1,20 @@
 #!/usr/bin/env python3
 """Independent verifier for Portcullis ledger exports and tlog-proof files.
 
-Written from ``schemas/FORMAT.md`` alone (with the RFCs and C2SP specifications it cites),
-without reading the Rust reference implementation: it exists to show that the specification is
-complete enough to implement, and to cross-check the reference on the test vectors of
-``schemas/testdata/``. Python 3.11, standard library only; Ed25519 verification is implemented
-here in pure Python (RFC 8032 section 5.1.7, strict as FORMAT.md section 2.3 requires). It is
-slow but exports in tests are small.
+Written from ``schemas/FORMAT.md`` alone (plus the RFCs and C2SP specifications it cites),
+without reading the Rust reference implementation. It exists to show that the specification is
+complete enough to implement independently, and to cross-check the reference on the vectors of
+``schemas/testdata/``. Python 3.11, standard library only. Ed25519 verification is implemented
+here in pure Python (RFC 8032 section 5.1.7, strict as FORMAT.md section 2.3 requires): it is
+slow, but exports in tests are small.
 
 Usage:
     portcullis_verify.py EXPORT_DIR --key VKEY[@FROM-[TO]] [--key ...] [--anchor FILE]
                          [--allow-partial] [--json]
     portcullis_verify.py proof FILE --key VKEY[@FROM-[TO]] [--key ...] [--json]
 
-Exit status: 0 verified, 1 verification failure, 2 usage error (including a malformed or weak
-pinned key). With --json the result is printed as
-``{"ok": true, "size": N, "entries_verified": N}`` or
+Exit status: 0 verified, 1 verification failure, 2 usage error (a malformed or weak pinned key
+included). With --json the result is ``{"ok": true, "size": N, "entries_verified": N}`` or
 ``{"ok": false, "check": "<code>", "seq": N|null, "reason": "..."}``.
 """
 from __future__ import annotations
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 
 
 class Fail(Exception):
-    """A verification failure: a code of FORMAT.md section 9.1 (or a tlog-proof error)."""
+    """A verification failure: a code of FORMAT.md section 9.1, or a tlog-proof error."""
 
     def __init__(self, check: str, reason: str, seq: int | None = None):
         super().__init__(reason)
@@ -41,11 +40,10 @@ class Fail(Exception):
 # ---------------------------------------------------------------------------------------------
 # Encodings (section 1)
 
-# Unicode White_Space (PropList.txt).
-WHITE_SPACE = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
-                         0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
+# Unicode White_Space (PropList.txt), used for key names, origins and key-string trimming.
+WHITE_SPACE = "".join(map(chr, [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680,
+                                *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]))
 DECIMAL = re.compile(r"0|[1-9][0-9]*")
-U64_MAX = 2**64 - 1
 
 
 def b64decode(s: str | bytes, length: int | None = None) -> bytes:
@@ -63,28 +61,19 @@ def b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-def decimal(s: str, limit: int = U64_MAX) -> int:
-    if not DECIMAL.fullmatch(s) or int(s) > limit:
+def decimal(s: str) -> int:
+    if not DECIMAL.fullmatch(s) or int(s) >= 2**64:
         raise ValueError(f"bad decimal {s!r}")
     return int(s)
 
 
 def valid_name(name: str) -> bool:
-    """Key name / origin (section 2.1 item 5): non-empty, no White_Space, no '+'."""
-    return bool(name) and "+" not in name and not any(ord(c) in WHITE_SPACE for c in name)
-
-
-def strip_ws(s: str) -> str:
-    i, j = 0, len(s)
-    while i < j and ord(s[i]) in WHITE_SPACE:
-        i += 1
-    while j > i and ord(s[j - 1]) in WHITE_SPACE:
-        j -= 1
-    return s[i:j]
+    """A key name or origin (section 2.1 item 5): non-empty, no White_Space, no '+'."""
+    return bool(name) and "+" not in name and not any(c in WHITE_SPACE for c in name)
 
 
 # ---------------------------------------------------------------------------------------------
-# Ed25519 (RFC 8032), extended homogeneous coordinates
+# Ed25519 (RFC 8032), extended homogeneous coordinates (X, Y, Z, T)
 
 P = 2**255 - 19
 L_ORDER = 2**252 + 27742317777372353535851937790883648493
@@ -107,13 +96,8 @@ def _mul(s: int, pt):
     while s > 0:
         if s & 1:
             q = _add(q, pt)
-        pt = _add(pt, pt)
-        s >>= 1
+        pt, s = _add(pt, pt), s >> 1
     return q
-
-
-def _equal(p1, p2) -> bool:
-    return (p1[0] * p2[2] - p2[0] * p1[2]) % P == 0 and (p1[1] * p2[2] - p2[1] * p1[2]) % P == 0
 
 
 def _recover_x(y: int, sign: int) -> int | None:
@@ -131,15 +115,11 @@ def _recover_x(y: int, sign: int) -> int | None:
 
 
 def decode_point(b: bytes, lenient_y: bool = False):
-    """RFC 8032 5.1.3. With lenient_y, y >= p is reduced (as the reference does for keys)."""
-    if len(b) != 32:
-        return None
+    """RFC 8032 5.1.3. With lenient_y, y >= p is reduced (the reference does so for keys)."""
     y = int.from_bytes(b, "little")
     sign, y = y >> 255, y & ((1 << 255) - 1)
-    if lenient_y and y >= P:
-        y -= P
-    x = _recover_x(y, sign)
-    return None if x is None else (x, y, 1, x * y % P)
+    x = _recover_x(y - P if lenient_y and y >= P else y, sign) if len(b) == 32 else None
+    return None if x is None else (x, y % P, 1, x * y % P)
 
 
 def encode_point(pt) -> bytes:
@@ -149,7 +129,7 @@ def encode_point(pt) -> bytes:
 
 
 def small_order(pt) -> bool:
-    return _equal(_mul(8, pt), IDENTITY)
+    return encode_point(_mul(8, pt)) == encode_point(IDENTITY)
 
 
 _BY = 4 * pow(5, P - 2, P) % P
@@ -157,15 +137,13 @@ BASE = (_recover_x(_BY, 0), _BY, 1, _recover_x(_BY, 0) * _BY % P)
 
 
 def ed25519_verify(pub: bytes, a_point, msg: bytes, sig: bytes) -> bool:
-    """Strict verification (section 2.3): S < L, R not of small order, cofactorless equation
-    checked by re-encoding [S]B - [k]A and comparing with R's bytes."""
+    """Strict: 64 bytes, S < L, R decodes and is not of small order, and [S]B - [k]A encodes
+    to exactly R's bytes (cofactorless; a non-canonical R is refused)."""
     if len(sig) != 64:
         return False
     r_bytes, s = sig[:32], int.from_bytes(sig[32:], "little")
-    if s >= L_ORDER:
-        return False
     r = decode_point(r_bytes)
-    if r is None or small_order(r):
+    if s >= L_ORDER or r is None or small_order(r):
         return False
     k = int.from_bytes(hashlib.sha512(r_bytes + pub + msg).digest(), "little") % L_ORDER
     neg_a = ((-a_point[0]) % P, a_point[1], a_point[2], (-a_point[3]) % P)
@@ -191,8 +169,8 @@ def key_id(name: str, pub: bytes) -> int:
 
 
 def parse_vkey(s: str) -> Key:
-    """A verifier key string, loaded strictly; raises ValueError."""
-    parts = strip_ws(s).split("+", 2)
+    """A verifier key string, loaded strictly (weak keys refused); raises ValueError."""
+    parts = s.strip(WHITE_SPACE).split("+", 2)
     if len(parts) != 3:
         raise ValueError("verifier key is not <name>+<id>+<key>")
     name, idhex, key64 = parts
@@ -203,56 +181,52 @@ def parse_vkey(s: str) -> Key:
     raw = b64decode(key64)
     if len(raw) != 33 or raw[0] != 0x01:
         raise ValueError("key is not 0x01 followed by 32 bytes")
-    pub = raw[1:]
-    point = decode_point(pub, lenient_y=True)
+    point = decode_point(raw[1:], lenient_y=True)
     if point is None:
         raise ValueError("key is not an Edwards point")
     if small_order(point):
         raise ValueError("weak key (small order)")
-    if key_id(name, pub) != int(idhex, 16):
+    if key_id(name, raw[1:]) != int(idhex, 16):
         raise ValueError("key ID does not match name and key")
-    return Key(name, int(idhex, 16), pub, point)
+    return Key(name, int(idhex, 16), raw[1:], point)
 
 
 @dataclass(frozen=True)
 class Pinned:
     key: Key
     lo: int
-    hi: int | None  # exclusive
+    hi: int | None  # exclusive; None: unbounded
 
     def covers(self, s: int) -> bool:
         return self.lo <= s and (self.hi is None or s < self.hi)
 
 
 def parse_pinned(s: str) -> Pinned:
-    s = strip_ws(s)
+    """VKEY, VKEY@FROM- or VKEY@FROM-TO; the range is split off at the last '@'."""
+    s = s.strip(WHITE_SPACE)
     if "@" not in s:
         return Pinned(parse_vkey(s), 0, None)
     vkey, rng = s.rsplit("@", 1)
     m = re.fullmatch(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)?", rng)
-    if not m:
-        raise ValueError(f"bad range {rng!r}")
-    lo, hi = int(m[1]), None if m[2] is None else int(m[2])
-    if hi is not None and hi <= lo:
-        raise ValueError("range end must exceed its start")
-    return Pinned(parse_vkey(vkey), lo, hi)
+    if not m or (m[2] is not None and int(m[2]) <= int(m[1])):
+        raise ValueError(f"bad range {rng!r} (FROM- or FROM-TO with TO > FROM)")
+    return Pinned(parse_vkey(vkey), int(m[1]), None if m[2] is None else int(m[2]))
 
 
-def permitted(key: Key, s: int, pinned: list[Pinned]) -> bool:
-    ranges = [p for p in pinned if p.key == key]
-    return not ranges or any(p.covers(s) for p in ranges)
+def permitted(key: Key, s: int, pinned: list[Pinned], before: list[Key]) -> bool:
+    """Section 6.3. A pinned key: one of its ranges covers s. A key not pinned (it came from a
+    verified rotation): every pinned key covering s was in force before it (`before`)."""
+    if any(p.key == key for p in pinned):
+        return any(p.covers(s) for p in pinned if p.key == key)
+    return all(p.key in before for p in pinned if p.covers(s))
 
 
 def pinned_covering(pinned: list[Pinned], s: int, origin: str) -> list[Key]:
-    out: list[Key] = []
-    for p in pinned:
-        if p.covers(s) and p.key.name == origin and p.key not in out:
-            out.append(p.key)
-    return out
+    return list(dict.fromkeys(p.key for p in pinned if p.covers(s) and p.key.name == origin))
 
 
 # ---------------------------------------------------------------------------------------------
-# Signed notes (section 2.1, 2.3)
+# Signed notes and checkpoints (sections 2.1, 2.3, 7.1)
 
 @dataclass
 class SigLine:
@@ -271,19 +245,13 @@ def parse_note(b: bytes) -> tuple[bytes, list[SigLine]]:
     i = b.rfind(b"\n\n")
     if i < 0:
         raise ValueError("note has no blank line")
-    text, block = b[: i + 1], b[i + 2:]
-    if not block or not block.endswith(b"\n"):
-        raise ValueError("empty or unterminated signature block")
-    lines = block[:-1].split(b"\n")
-    if not 1 <= len(lines) <= 64:
-        raise ValueError("1 to 64 signature lines required")
+    text, block = b[:i + 1], b[i + 2:]
+    if not block.endswith(b"\n") or not 1 <= block.count(b"\n") <= 64:
+        raise ValueError("signature block is empty, unterminated or over 64 lines")
     sigs = []
-    for line in lines:
-        s = line.decode()
-        if not s.startswith("\u2014 "):
-            raise ValueError("signature line does not start with an em dash and a space")
-        parts = s[2:].split(" ")
-        if len(parts) != 2 or not valid_name(parts[0]):
+    for line in block[:-1].decode().split("\n"):
+        parts = line[2:].split(" ")
+        if not line.startswith("\u2014 ") or len(parts) != 2 or not valid_name(parts[0]):
             raise ValueError("malformed signature line")
         raw = b64decode(parts[1])
         if len(raw) < 5:
@@ -297,15 +265,9 @@ def verify_line(line: SigLine, key: Key, text: bytes) -> bool:
 
 
 def note_verified(text: bytes, sigs: list[SigLine], keys: list[Key]) -> bool:
-    """Signed-note rule: matching lines must all verify; at least one must match."""
-    matched = False
-    for line in sigs:
-        for key in keys:
-            if line.matches(key):
-                if not verify_line(line, key, text):
-                    return False
-                matched = True
-    return matched
+    """Signed-note rule: every line matching a trusted key verifies, and at least one does."""
+    matching = [(line, k) for line in sigs for k in keys if line.matches(k)]
+    return bool(matching) and all(verify_line(line, k, text) for line, k in matching)
 
 
 @dataclass
@@ -321,7 +283,6 @@ class Checkpoint:
 
 
 def parse_checkpoint(b: bytes) -> Checkpoint:
-    """Section 7.1; raises ValueError."""
     text, sigs = parse_note(b)
     lines = text.decode().split("\n")
     if len(lines) != 4:
@@ -337,12 +298,14 @@ def parse_checkpoint(b: bytes) -> Checkpoint:
 MAX_INT = 2**53 - 1
 NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 HEX4 = re.compile(r"[0-9a-fA-F]{4}")
-ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+UNESCAPE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+ESCAPE = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+          "\r": "\\r"}
 
 
 class _Parser:
-    """Recursive descent over the subset of section 3.1 (white space parses; the canonical
-    check refuses it later)."""
+    """Recursive descent over the subset of section 3.1. White space parses here; the canonical
+    check refuses it afterwards."""
 
     def __init__(self, s: str):
         self.s, self.i = s, 0
@@ -410,14 +373,10 @@ class _Parser:
         while (c := s[self.i:self.i + 1]) != '"':
             if c == "" or ord(c) < 0x20:
                 self.fail("unterminated string or raw control character")
-            if c != "\\":
-                out.append(c)
-                self.i += 1
-                continue
             e = s[self.i + 1:self.i + 2]
-            if e and e in ESCAPES:
-                out.append(ESCAPES[e])
-                self.i += 2
+            if c != "\\" or (e and e in UNESCAPE):
+                out.append(c if c != "\\" else UNESCAPE[e])
+                self.i += 1 if c != "\\" else 2
                 continue
             if e != "u":
                 self.fail("bad escape")
@@ -445,30 +404,20 @@ def parse_json(s: str):
 
 
 def canon_str(s: str) -> str:
-    out = ['"']
-    for c in s:
-        if c == '"':
-            out.append('\\"')
-        elif c == "\\":
-            out.append("\\\\")
-        elif c in "\b\t\n\f\r":
-            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[c])
-        elif ord(c) < 0x20:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out) + '"'
+    return '"' + "".join(ESCAPE.get(c) or (f"\\u{ord(c):04x}" if c < " " else c)
+                         for c in s) + '"'
 
 
 def canonical(v) -> str:
-    if v is None or v is True or v is False:
+    """RFC 8785 on the subset: members sorted by UTF-16 code units, no white space."""
+    if v is None or isinstance(v, bool):
         return {None: "null", True: "true", False: "false"}[v]
-    if type(v) is int:
+    if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
         return canon_str(v)
     if isinstance(v, list):
-        return "[" + ",".join(canonical(x) for x in v) + "]"
+        return "[" + ",".join(map(canonical, v)) + "]"
     keys = sorted(v, key=lambda k: k.encode("utf-16-be"))
     return "{" + ",".join(canon_str(k) + ":" + canonical(v[k]) for k in keys) + "}"
 
@@ -477,60 +426,69 @@ def canonical(v) -> str:
 # Events (section 4)
 
 HEADER = b"portcullis/event/v1\n"
-FIELDS = {"actor", "data", "id", "kind", "log", "prev", "seq", "ts", "v"}
 TS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.[0-9]{6}Z")
 KIND = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
 
 
-def _ident(v) -> bool:
+def _is_int(v, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _subject(v) -> bool:
+    """actor.sub and each group: 1 to 256 scalar values, no Cc control character."""
     return isinstance(v, str) and 1 <= len(v) <= 256 and not any(
-        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in v)
+        c < " " or "\x7f" <= c <= "\x9f" for c in v)
 
 
-def _valid_ts(ts) -> bool:
+def _timestamp(ts) -> bool:
     m = TS.fullmatch(ts) if isinstance(ts, str) else None
     if not m:
         return False
     y, mo, d, h, mi, s = map(int, m.groups())
     leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
     days = [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
-    return (1970 <= y <= 9999 and 1 <= mo <= 12 and 1 <= d <= days[mo - 1] and h <= 23
-            and mi <= 59 and s <= 59)
+    return 1970 <= y and 1 <= mo <= 12 and 1 <= d <= days[mo - 1] and h < 24 and mi < 60 and s < 60
 
 
-def _check_fields(ev) -> None:
-    def need(ok: bool, what: str):
-        if not ok:
-            raise ValueError(f"field {what} is invalid")
-    need(isinstance(ev, dict) and set(ev) == FIELDS, "set (exactly nine members)")
-    actor = ev["actor"]
-    need(isinstance(actor, dict) and set(actor) == {"groups", "sub", "via"}, "actor")
-    need(_ident(actor["sub"]), "actor.sub")
-    groups = actor["groups"]
-    need(isinstance(groups, list) and len(groups) <= 256 and all(map(_ident, groups)),
-         "actor.groups")
-    via = actor["via"]
-    need(isinstance(via, str) and re.fullmatch(r"[a-z0-9-]{1,32}", via) is not None, "actor.via")
-    need(isinstance(ev["data"], dict), "data")
-    need(isinstance(ev["id"], str) and re.fullmatch(r"[0-9a-f]{32}", ev["id"]) is not None, "id")
-    kind = ev["kind"]
-    need(isinstance(kind, str) and len(kind.encode()) <= 64 and KIND.fullmatch(kind) is not None,
-         "kind")
-    log = ev["log"]
-    need(isinstance(log, str) and 1 <= len(log.encode()) <= 255 and valid_name(log), "log")
+def _prev(v) -> bool:
     try:
-        prev_ok = isinstance(ev["prev"], str) and len(b64decode(ev["prev"], 32)) == 32
+        return isinstance(v, str) and len(b64decode(v)) == 32
     except ValueError:
-        prev_ok = False
-    need(prev_ok, "prev")
-    need(type(ev["seq"]) is int and 0 <= ev["seq"] <= MAX_INT, "seq")
-    need(_valid_ts(ev["ts"]), "ts")
-    need(type(ev["v"]) is int and 1 <= ev["v"] <= 65535, "v")
+        return False
+
+
+def check_fields(ev) -> None:
+    """Section 4.2; raises ValueError naming the first bad field."""
+    if not isinstance(ev, dict) or set(ev) != {"actor", "data", "id", "kind", "log", "prev",
+                                               "seq", "ts", "v"}:
+        raise ValueError("the event does not have exactly the nine members")
+    actor = ev["actor"]
+    ok_actor = isinstance(actor, dict) and set(actor) == {"groups", "sub", "via"}
+    checks = {
+        "actor": ok_actor,
+        "actor.sub": ok_actor and _subject(actor["sub"]),
+        "actor.groups": ok_actor and isinstance(actor["groups"], list)
+        and len(actor["groups"]) <= 256 and all(map(_subject, actor["groups"])),
+        "actor.via": ok_actor and isinstance(actor["via"], str)
+        and re.fullmatch(r"[a-z0-9-]{1,32}", actor["via"]) is not None,
+        "data": isinstance(ev["data"], dict),
+        "id": isinstance(ev["id"], str) and re.fullmatch(r"[0-9a-f]{32}", ev["id"]) is not None,
+        "kind": isinstance(ev["kind"], str) and len(ev["kind"].encode()) <= 64
+        and KIND.fullmatch(ev["kind"]) is not None,
+        "log": isinstance(ev["log"], str) and len(ev["log"].encode()) <= 255
+        and valid_name(ev["log"]),
+        "prev": _prev(ev["prev"]),
+        "seq": _is_int(ev["seq"], 0, MAX_INT),
+        "ts": _timestamp(ev["ts"]),
+        "v": _is_int(ev["v"], 1, 65535),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid field {bad[0]}")
 
 
 @dataclass
 class Entry:
-    raw: bytes
     text: bytes
     line: bytes
     event: dict
@@ -539,31 +497,31 @@ class Entry:
 
 
 def parse_entry(b: bytes) -> Entry:
-    """Section 4.1, rules 1-6 in order; raises ValueError."""
+    """Section 4.1, rules 1 to 6 in order; raises ValueError."""
     if len(b) > 65535:
         raise ValueError("entry larger than 65535 bytes")
     text, sigs = parse_note(b)
-    if not text.startswith(HEADER) or b"\n" in text[len(HEADER):-1]:
-        raise ValueError("text is not the event header and one line")
     line = text[len(HEADER):-1]
+    if not text.startswith(HEADER) or b"\n" in line:
+        raise ValueError("text is not the event header and exactly one line")
     ev = parse_json(line.decode())
     if canonical(ev).encode() != line:
         raise ValueError("event JSON is not canonical")
-    _check_fields(ev)
+    check_fields(ev)
     new_key = None
-    if ev["kind"] == "key.rotated":
-        nk = ev["data"].get("new_key")
-        if not isinstance(nk, str):
+    if ev["kind"] == "key.rotated":  # section 6.2
+        if not isinstance(ev["data"].get("new_key"), str):
             raise ValueError("key.rotated without a string data.new_key")
-        new_key = parse_vkey(nk)
+        new_key = parse_vkey(ev["data"]["new_key"])
         if new_key.name != ev["log"]:
             raise ValueError("data.new_key is not named after the log")
     if len(sigs) != (2 if new_key else 1):
         raise ValueError(f"wrong number of signature lines ({len(sigs)})")
-    return Entry(b, text, line, ev, sigs, new_key)
+    return Entry(text, line, ev, sigs, new_key)
 
 
 def jsonl_line(e: Entry, leaf: bytes) -> bytes:
+    """The entries.jsonl line of section 8.2, with its LF."""
     sigs = ",".join('{"key_id":"%08x","name":%s,"signature":"%s"}'
                     % (s.key_id, canon_str(s.name), b64(s.sig)) for s in e.sigs)
     return (b'{"event":' + e.line + b',"leaf_hash":"' + b64(leaf).encode() + b'","seq":'
@@ -583,15 +541,14 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 def mth(leaves: list[bytes], lo: int = 0, hi: int | None = None) -> bytes:
     hi = len(leaves) if hi is None else hi
-    if hi - lo == 0:
-        return hashlib.sha256(b"").digest()
-    if hi - lo == 1:
-        return leaves[lo]
-    k = 1 << ((hi - lo - 1).bit_length() - 1)
+    if hi - lo <= 1:
+        return leaves[lo] if hi > lo else hashlib.sha256(b"").digest()
+    k = 1 << ((hi - lo - 1).bit_length() - 1)  # the largest power of two < n
     return node_hash(mth(leaves, lo, lo + k), mth(leaves, lo + k, hi))
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2, as written in section 5.4."""
     if index >= size:
         return False
     fn, sn, r = index, size - 1, leaf
@@ -600,53 +557,20 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes], roo
             return False
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
         else:
             r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
+        fn, sn = fn >> 1, sn >> 1
     return sn == 0 and r == root
-
-
-def verify_consistency(old: int, new: int, proof: list[bytes], old_root: bytes,
-                       new_root: bytes) -> bool:
-    if old > new or (old == 0 and new > 0):
-        return False
-    if old == new:
-        return not proof and old_root == new_root
-    if not proof:
-        return False
-    path = ([old_root] if old & (old - 1) == 0 else []) + proof
-    fn, sn = old - 1, new - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr, sr = node_hash(c, fr), node_hash(c, sr)
-            if not fn & 1:
-                while not fn & 1 and fn != 0:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and fr == old_root and sr == new_root
 
 
 # ---------------------------------------------------------------------------------------------
 # Export layout (section 8.2)
 
 def index_path(n: int) -> str:
-    digits = str(n)
-    digits = digits.zfill(-(-len(digits) // 3) * 3)
+    """0 -> 000, 1000 -> x001/000: groups of three digits, all but the last prefixed 'x'."""
+    digits = str(n).zfill(-(-len(str(n)) // 3) * 3)
     groups = [digits[i:i + 3] for i in range(0, len(digits), 3)]
     return "/".join(["x" + g for g in groups[:-1]] + [groups[-1]])
 
@@ -659,8 +583,7 @@ def tile_set(n: int):
     """Yields (level, index, width) for every hash tile of a tree of size n."""
     level = 0
     while (h := n // 256**level) > 0:
-        for i in range(h // 256):
-            yield level, i, 256
+        yield from ((level, i, 256) for i in range(h // 256))
         if h % 256:
             yield level, h // 256, h % 256
         level += 1
@@ -675,49 +598,85 @@ def read(path: str) -> bytes | None:
 
 
 class Tree:
-    """Appends leaves, keeps the full nodes of every level and checks each full hash tile as
-    soon as it is complete (section 9 step 5.12)."""
+    """Appends leaf hashes, keeps every level's full nodes, checks each full hash tile as soon
+    as an append completes it (section 9 step 5.12) and records the root at the anchor size."""
 
     def __init__(self, root_dir: str, anchor_size: int | None):
-        self.dir, self.levels = root_dir, [[]]
-        self.anchor_size = anchor_size
+        self.dir, self.levels, self.anchor_size = root_dir, [[]], anchor_size
         self.anchor_root = mth([]) if anchor_size == 0 else None
 
-    def size(self) -> int:
-        return len(self.levels[0])
-
-    def tile_bytes(self, level: int, index: int, width: int) -> bytes:
-        nodes = self.levels[8 * level] if 8 * level < len(self.levels) else []
-        return b"".join(nodes[256 * index:256 * index + width])
+    def leaves(self) -> list[bytes]:
+        return self.levels[0]
 
     def check_tile(self, level: int, index: int, width: int) -> None:
         path = tile_path(level, index, width)
         data = read(os.path.join(self.dir, path))
         if data is None:
             raise Fail("layout", f"cannot read {path}")
-        if data != self.tile_bytes(level, index, width):
+        nodes = self.levels[8 * level] if 8 * level < len(self.levels) else []
+        if data != b"".join(nodes[256 * index:256 * index + width]):
             raise Fail("tile", f"{path} differs from the recomputed hashes")
 
     def append(self, leaf: bytes) -> None:
         self.levels[0].append(leaf)
         changed, lvl = [0], 0
-        while len(self.levels[lvl]) % 2 == 0:
-            nodes = self.levels[lvl]
+        while len(self.levels[lvl]) % 2 == 0:  # a right child completes its parent
             lvl += 1
             if lvl == len(self.levels):
                 self.levels.append([])
-            self.levels[lvl].append(node_hash(nodes[-2], nodes[-1]))
+            self.levels[lvl].append(node_hash(*self.levels[lvl - 1][-2:]))
             changed.append(lvl)
         for lvl in changed:
-            count = len(self.levels[lvl])
-            if lvl % 8 == 0 and count % 256 == 0:
-                self.check_tile(lvl // 8, count // 256 - 1, 256)
-        if self.size() == self.anchor_size:
-            self.anchor_root = mth(self.levels[0])
+            if lvl % 8 == 0 and len(self.levels[lvl]) % 256 == 0:
+                self.check_tile(lvl // 8, len(self.levels[lvl]) // 256 - 1, 256)
+        if len(self.leaves()) == self.anchor_size:
+            self.anchor_root = mth(self.leaves())
 
 
 # ---------------------------------------------------------------------------------------------
 # Export verification (section 9)
+
+def check_layout(export_dir: str, n: int, allow_partial: bool) -> tuple[list, int | None]:
+    """Step 3. Returns the bundles (index, width) of size n and the first one present."""
+    for level, idx, width in tile_set(n):
+        if not os.path.isfile(os.path.join(export_dir, tile_path(level, idx, width))):
+            raise Fail("layout", f"missing hash tile {tile_path(level, idx, width)}")
+    bundles = [(idx, width) for level, idx, width in tile_set(n) if level == 0]
+    present = [os.path.isfile(os.path.join(export_dir, tile_path("entries", i, w)))
+               for i, w in bundles]
+    first = present.index(True) if True in present else None
+    if bundles and first != 0 and not allow_partial:
+        raise Fail("entry-missing", "the first entry bundle is absent (not a range export)", 0)
+    for k in range(len(bundles) if first is None else first, len(bundles)):
+        if not present[k]:
+            raise Fail("entry-missing", f"missing {tile_path('entries', *bundles[k])}",
+                       256 * bundles[k][0])
+    expected = {"checkpoint", "entries.jsonl"} | {tile_path(*t) for t in tile_set(n)}
+    expected |= {tile_path("entries", i, w) for i, w in bundles}
+    found = []
+    for dirpath, _dirs, files in os.walk(export_dir):
+        rel = os.path.relpath(dirpath, export_dir).replace(os.sep, "/")
+        found += [f if rel == "." else f"{rel}/{f}" for f in files]
+    for rel in sorted(found, key=lambda p: p.split("/")):
+        if rel not in expected:
+            raise Fail("layout", f"unexpected file {rel}")
+    return bundles, first
+
+
+def split_bundle(data: bytes, path: str, start: int, width: int) -> list[bytes]:
+    entries, off = [], 0
+    while off < len(data):
+        length = int.from_bytes(data[off:off + 2], "big")
+        if off + 2 + length > len(data):
+            raise Fail("entry-syntax", f"a length prefix runs past the end of {path}",
+                       start + len(entries))
+        entries.append(data[off + 2:off + 2 + length])
+        off += 2 + length
+    if len(entries) != width:
+        raise Fail("entry-missing", f"{path} holds {len(entries)} entries, not {width}",
+                   start + min(len(entries), width))
+    return entries
+
 
 def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = None,
                   allow_partial: bool = False) -> dict:
@@ -739,45 +698,20 @@ def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = 
         except ValueError as e:
             raise Fail("anchor", f"malformed anchor: {e}") from None
         if an.origin != origin:
-            raise Fail("anchor", f"anchor is for log {an.origin!r}, not {origin!r}")
+            raise Fail("anchor", f"the anchor is for log {an.origin!r}, not {origin!r}")
         if an.size > n:
             if not an.verified_by(pinned_covering(pinned, an.size, origin)):
-                raise Fail("anchor", f"anchor of size {an.size} is not signed by a pinned key")
+                raise Fail("anchor", f"anchor of size {an.size} not signed by a pinned key")
             raise Fail("truncation", f"anchor size {an.size} exceeds the checkpoint size {n}")
 
-    # 3. Layout.
-    for level, idx, width in tile_set(n):
-        if not os.path.isfile(os.path.join(export_dir, tile_path(level, idx, width))):
-            raise Fail("layout", f"missing hash tile {tile_path(level, idx, width)}")
-    bundles = [(idx, width) for level, idx, width in tile_set(n) if level == 0]
-    present = [os.path.isfile(os.path.join(export_dir, tile_path("entries", i, w)))
-               for i, w in bundles]
-    first = next((k for k, p in enumerate(present) if p), None)
-    if bundles and first != 0 and not allow_partial:
-        raise Fail("entry-missing", "the first entry bundle is absent (not a range export)", 0)
-    if first is not None:
-        for k in range(first, len(bundles)):
-            if not present[k]:
-                i, w = bundles[k]
-                raise Fail("entry-missing", f"missing bundle {tile_path('entries', i, w)}",
-                           256 * i)
-    expected = {"checkpoint", "entries.jsonl"}
-    expected.update(tile_path(lv, i, w) for lv, i, w in tile_set(n))
-    expected.update(tile_path("entries", i, w) for i, w in bundles)
-    found = []
-    for dirpath, _dirs, files in os.walk(export_dir):
-        rel = os.path.relpath(dirpath, export_dir)
-        found += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
-    for rel in sorted(found, key=lambda p: p.split("/")):
-        if rel not in expected:
-            raise Fail("layout", f"unexpected file {rel}")
+    # 3. Layout; 4. leading leaves of a range export, from the level-0 tiles.
+    bundles, first = check_layout(export_dir, n, allow_partial)
+    start = len(bundles) if first is None else first
     jsonl = read(os.path.join(export_dir, "entries.jsonl"))
     if jsonl is None:
         raise Fail("layout", "cannot read entries.jsonl")
-
-    # 4. Leading leaves of a range export.
     tree = Tree(export_dir, an.size if an else None)
-    for i, w in bundles[:len(bundles) if first is None else first]:
+    for i, w in bundles[:start]:
         data = read(os.path.join(export_dir, tile_path(0, i, w)))
         if data is None:
             raise Fail("layout", f"cannot read {tile_path(0, i, w)}")
@@ -787,35 +721,23 @@ def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = 
             tree.append(data[32 * j:32 * j + 32])
 
     # 5. Entries, bundle by bundle.
-    prev = tree.levels[0][-1] if tree.size() else bytes(32)
-    prev_ts, ids, key = None, set(), None
-    first_key, first_seq, rotations, verified, pos = None, None, [], 0, 0
-    first_ts = last_ts = None
-    for i, w in bundles[len(bundles) if first is None else first:]:
+    prev = tree.leaves()[-1] if tree.leaves() else bytes(32)
+    prev_ts, ids, key, pos = None, set(), None, 0
+    history: list[tuple[int, Key]] = []  # (first seq, key) of each key in force, in order
+    ts_range: list[str] = []
+    for i, w in bundles[start:]:
         path = tile_path("entries", i, w)
         data = read(os.path.join(export_dir, path))
         if data is None:
-            raise Fail("entry-syntax", f"cannot read bundle {path}", 256 * i)
-        entries, off = [], 0
-        while off < len(data):
-            length = int.from_bytes(data[off:off + 2], "big")
-            if off + 2 + length > len(data):
-                raise Fail("entry-syntax", f"length prefix runs past the end of {path}",
-                           256 * i + len(entries))
-            entries.append(data[off + 2:off + 2 + length])
-            off += 2 + length
-        if len(entries) != w:
-            raise Fail("entry-missing", f"bundle {path} holds {len(entries)} entries, not {w}",
-                       256 * i + min(len(entries), w))
-        for k, raw in enumerate(entries):
-            s = 256 * i + k
+            raise Fail("entry-syntax", f"cannot read {path}", 256 * i)
+        for s, raw in enumerate(split_bundle(data, path, 256 * i, w), 256 * i):
             try:
                 e = parse_entry(raw)
             except ValueError as exc:
                 raise Fail("entry-syntax", f"entry {s}: {exc}", s) from None
             ev = e.event
             if ev["seq"] != s:
-                raise Fail("sequence", f"entry at position {s} has seq {ev['seq']}", s)
+                raise Fail("sequence", f"the entry at position {s} has seq {ev['seq']}", s)
             if ev["log"] != origin:
                 raise Fail("origin", f"entry {s} belongs to log {ev['log']!r}", s)
             if b64decode(ev["prev"]) != prev:
@@ -830,49 +752,54 @@ def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = 
                             and e.sigs[0].matches(p.key)), None)
                 if key is None:
                     raise Fail("key-not-in-force",
-                               f"no pinned key covering {s} matches its signature", s)
-                first_key, first_seq = key, s
+                               f"no pinned key covering {s} matches its signature line", s)
+                history.append((s, key))
             if not verify_line(e.sigs[0], key, e.text):
-                raise Fail("signature", f"entry {s}: signature line 1 is not a valid signature "
-                           f"by the key in force {key.key_id:08x}", s)
-            if not permitted(key, s, pinned):
+                raise Fail("signature", f"entry {s}: signature line 1 is not a valid "
+                           f"signature by the key in force ({key.key_id:08x})", s)
+            if not permitted(key, s, pinned, [k for _, k in history[:-1]]):
                 raise Fail("key-not-in-force", f"key {key.key_id:08x} is not pinned for {s}", s)
             if e.new_key is not None:
                 if not verify_line(e.sigs[1], e.new_key, e.text):
                     raise Fail("signature", f"entry {s}: signature line 2 is not a valid "
                                "signature by the new key", s)
                 key = e.new_key
-                rotations.append((s + 1, key))
+                history.append((s + 1, key))
             line = jsonl_line(e, leaf := leaf_hash(raw))
             if jsonl[pos:pos + len(line)] != line:
-                raise Fail("jsonl", f"entries.jsonl line for entry {s} differs", s)
+                raise Fail("jsonl", f"the entries.jsonl line of entry {s} differs", s)
             pos += len(line)
             tree.append(leaf)
-            prev, prev_ts, verified = leaf, ev["ts"], verified + 1
-            first_ts, last_ts = first_ts or ev["ts"], ev["ts"]
+            prev, prev_ts = leaf, ev["ts"]
+            ts_range = [ts_range[0] if ts_range else prev_ts, prev_ts]
 
-    # 6. Partial tiles.
+    # 6. Partial tiles; 7. root.
     for level, idx, width in tile_set(n):
         if width < 256:
             tree.check_tile(level, idx, width)
-
-    # 7. Root.
-    if mth(tree.levels[0]) != cp.root:
+    if mth(tree.leaves()) != cp.root:
         raise Fail("root", "the recomputed root differs from the checkpoint's")
     if pos != len(jsonl):
         raise Fail("jsonl", "entries.jsonl has extra lines")
 
-    def key_in_force(size: int) -> Key:
-        return next((k for first_s, k in reversed(rotations) if first_s <= size), first_key)
+    def key_in_force(size: int) -> tuple[Key, bool]:
+        """The key in force at size (the last one whose first seq is at most size, else the
+        first K), and whether it is permitted at size."""
+        i = max([j for j, (first_s, _) in enumerate(history) if first_s <= size], default=0)
+        k = history[i][1]
+        return k, permitted(k, size, pinned, [k2 for _, k2 in history[:i]])
 
     # 8. Checkpoint signature.
+    first_seq = history[0][0] if history else None
+    verified = 0 if first_seq is None else n - first_seq  # every entry from first_seq on
     if verified:
-        k = key_in_force(n)
-        if not (cp.verified_by([k]) and permitted(k, n, pinned)):
+        k, ok = key_in_force(n)
+        if not (ok and cp.verified_by([k])):
             raise Fail("checkpoint-signature",
-                       f"checkpoint not signed by the key in force at {n} ({k.key_id:08x})")
+                       f"the checkpoint is not signed by the key in force ({k.key_id:08x})")
     elif not cp.verified_by(pinned_covering(pinned, n, origin)):
-        raise Fail("checkpoint-signature", f"checkpoint not signed by a pinned key covering {n}")
+        raise Fail("checkpoint-signature", f"the checkpoint is not signed by a pinned key "
+                   f"covering {n}")
 
     # 9. Anchor, second part.
     if an is not None:
@@ -880,17 +807,18 @@ def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = 
         if not verified or a < first_seq:
             keys = pinned_covering(pinned, a, origin)
         else:
-            keys = [key_in_force(a)]
+            k, ok = key_in_force(a)
+            keys = [k] if ok else []
         if not an.verified_by(keys):
-            raise Fail("anchor", f"anchor of size {a} is not signed by the key in force")
+            raise Fail("anchor", f"the anchor of size {a} is not signed by a key permitted "
+                       "and in force at its size")
         if tree.anchor_root != an.root:
             raise Fail("fork", f"the tree of size {a} differs from the anchor",
                        a - 1 if a else None)
 
     return {"origin": origin, "size": n, "root": b64(cp.root), "first_seq": first_seq,
-            "entries_verified": verified, "first_ts": first_ts, "last_ts": last_ts,
-            "keys": ([(first_seq, str(first_key))] if first_key else [])
-            + [(s, str(k)) for s, k in rotations],
+            "entries_verified": verified, "timestamps": ts_range,
+            "keys_in_force": [(s, str(k)) for s, k in history],
             "anchor_size": an.size if an else None}
 
 
@@ -898,18 +826,17 @@ def verify_export(export_dir: str, pinned: list[Pinned], anchor: bytes | None = 
 # tlog-proof files (section 8.1)
 
 def verify_proof_file(data: bytes, pinned: list[Pinned]) -> dict:
-    """Failure codes: malformed, checkpoint, checkpoint-signature, no-entry, entry-syntax,
+    """Codes: malformed, checkpoint, checkpoint-signature, no-entry, entry-syntax,
     entry-mismatch, signature, inclusion."""
     try:
         data.decode("utf-8")
         cut = data.index(b"\n\n")
-        head, note = data[:cut].decode().split("\n"), data[cut + 2:]
+        head, note, extra, pos = data[:cut].decode().split("\n"), data[cut + 2:], None, 1
         if head[0] != "c2sp.org/tlog-proof@v1":
             raise ValueError("not a c2sp.org/tlog-proof@v1 file")
-        pos, extra = 1, None
-        if pos < len(head) and head[pos].startswith("extra "):
-            extra, pos = b64decode(head[pos][6:]), pos + 1
-        if pos >= len(head) or not head[pos].startswith("index "):
+        if len(head) > 1 and head[1].startswith("extra "):
+            extra, pos = b64decode(head[1][6:]), 2
+        if len(head) <= pos or not head[pos].startswith("index "):
             raise ValueError("missing index line")
         index = decimal(head[pos][6:])
         proof = [b64decode(h, 32) for h in head[pos + 1:]]
@@ -929,8 +856,8 @@ def verify_proof_file(data: bytes, pinned: list[Pinned]) -> dict:
     except ValueError as exc:
         raise Fail("entry-syntax", f"entry: {exc}") from None
     if e.event["seq"] != index or e.event["log"] != cp.origin:
-        raise Fail("entry-mismatch", f"entry seq {e.event['seq']} / log {e.event['log']!r} "
-                   f"differ from index {index} / origin {cp.origin!r}")
+        raise Fail("entry-mismatch", f"entry seq {e.event['seq']}, log {e.event['log']!r}; "
+                   f"file index {index}, origin {cp.origin!r}")
     keys = [k for k in pinned_covering(pinned, index, cp.origin) if e.sigs[0].matches(k)]
     if not keys or not verify_line(e.sigs[0], keys[0], e.text):
         raise Fail("signature", f"signature line 1 does not verify under a pinned key "
@@ -938,8 +865,7 @@ def verify_proof_file(data: bytes, pinned: list[Pinned]) -> dict:
     if e.new_key is not None and not verify_line(e.sigs[1], e.new_key, e.text):
         raise Fail("signature", "signature line 2 does not verify under the new key")
     if not verify_inclusion(leaf_hash(extra), index, cp.size, proof, cp.root):
-        raise Fail("inclusion", f"inclusion proof of {index} in the tree of size {cp.size} "
-                   "fails")
+        raise Fail("inclusion", f"the inclusion proof of {index} in size {cp.size} fails")
     return {"origin": cp.origin, "size": cp.size, "index": index, "entries_verified": 1}
 
 
@@ -953,16 +879,15 @@ class _ArgParser(argparse.ArgumentParser):
         if self.json_mode:
             print(json.dumps({"ok": False, "check": "usage", "seq": None, "reason": message}))
         self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = _ArgParser(prog="portcullis_verify.py",
-                    description="Verify a Portcullis export (or: proof FILE) from FORMAT.md.")
+    ap = _ArgParser(prog="portcullis_verify.py", description="Verify a Portcullis export "
+                    "(EXPORT_DIR) or tlog-proof file (proof FILE), from FORMAT.md.")
     ap.json_mode = "--json" in argv
-    ap.add_argument("target", nargs="+", help="EXPORT_DIR, or 'proof' FILE")
+    ap.add_argument("target", nargs="+", help="EXPORT_DIR, or: proof FILE")
     ap.add_argument("--key", action="append", default=[], metavar="VKEY[@FROM-[TO]]")
     ap.add_argument("--anchor", metavar="FILE")
     ap.add_argument("--allow-partial", action="store_true")
@@ -970,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     proof_mode = args.target[0] == "proof" and len(args.target) == 2
     if len(args.target) != 1 and not proof_mode:
-        ap.error("expected EXPORT_DIR or: proof FILE")
+        ap.error("expected EXPORT_DIR, or: proof FILE")
     if proof_mode and (args.anchor or args.allow_partial):
         ap.error("--anchor and --allow-partial apply to exports only")
     if not args.key:
@@ -983,31 +908,26 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"refusing pinned key {k!r}: {e}")
     try:
         if proof_mode:
-            data = read(args.target[1])
-            if data is None:
+            if (data := read(args.target[1])) is None:
                 ap.error(f"cannot read {args.target[1]}")
             report = verify_proof_file(data, pinned)
         else:
-            anchor = None
-            if args.anchor is not None:
-                anchor = read(args.anchor)
-                if anchor is None:
-                    raise Fail("anchor", f"cannot read anchor {args.anchor}")
+            anchor = None if args.anchor is None else read(args.anchor)
+            if args.anchor is not None and anchor is None:
+                raise Fail("anchor", f"cannot read the anchor {args.anchor}")
             report = verify_export(args.target[0], pinned, anchor, args.allow_partial)
     except Fail as f:
         if args.json:
             print(json.dumps({"ok": False, "check": f.check, "seq": f.seq, "reason": f.reason}))
         else:
-            where = f" at seq {f.seq}" if f.seq is not None else ""
-            print(f"FAILED [{f.check}]{where}: {f.reason}")
+            print(f"FAILED [{f.check}]" + (f" at seq {f.seq}" if f.seq is not None else "")
+                  + f": {f.reason}")
         return 1
     if args.json:
         print(json.dumps({"ok": True, "size": report["size"],
                           "entries_verified": report["entries_verified"]}))
     else:
-        print("OK")
-        for k, v in report.items():
-            print(f"  {k}: {v}")
+        print("OK\n" + "\n".join(f"  {k}: {v}" for k, v in report.items()))
     return 0
 
 

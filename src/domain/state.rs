@@ -1,0 +1,304 @@
+//! The workflow's state and `evolve`: folding events into requests, grants
+//! and extensions. Pure and total: an event the state cannot place (unknown
+//! ids, other kinds) leaves it unchanged.
+
+use super::events::{Basis, GrantId, Payload, RbacRule, RequestId, ts};
+use super::types::{Span, Target};
+use portcullis_format::event::{Actor, Event, EventId};
+use portcullis_format::time::Timestamp;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    pub by: String,
+    pub at: Timestamp,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestStatus {
+    Pending,
+    /// Approved (or auto-approved, or break-glass): a grant was activated.
+    Granted,
+    Denied,
+    Cancelled,
+    Expired,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Granted => "granted",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Cancelled => "cancelled",
+            RequestStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub id: RequestId,
+    pub requester: Actor,
+    pub created_at: Timestamp,
+    pub target: Target,
+    pub duration: Span,
+    pub reason: String,
+    pub ticket: Option<String>,
+    pub break_glass: bool,
+    pub approvals_needed: u32,
+    pub approvals: Vec<Approval>,
+    pub pending_expires_at: Timestamp,
+    pub basis: Basis,
+    pub status: RequestStatus,
+    /// Who closed it (denied, cancelled) and when, with the comment.
+    pub closed: Option<Approval>,
+    pub grant: Option<GrantId>,
+    /// The ledger position of the event that created it.
+    pub seq: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantStatus {
+    Active,
+    Ended,
+    Revoked,
+    Expired,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Active => "active",
+            GrantStatus::Ended => "ended",
+            GrantStatus::Revoked => "revoked",
+            GrantStatus::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub id: GrantId,
+    pub request_id: RequestId,
+    pub requester: String,
+    pub target: Target,
+    pub starts_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub approvers: Vec<String>,
+    pub break_glass: bool,
+    pub review_due: Option<Timestamp>,
+    pub reviewed: Option<Approval>,
+    pub rbac: Vec<RbacRule>,
+    pub basis: Basis,
+    pub status: GrantStatus,
+    /// How it ended: by whom (the requester, a revoker, or the system), when, why.
+    pub ended: Option<Approval>,
+    pub extensions: Vec<EventId>,
+    pub seq: u64,
+}
+
+impl Grant {
+    /// Whether the grant gives access at `at` (by the record; the cluster may lag).
+    pub fn active_at(&self, at: Timestamp) -> bool {
+        self.starts_at <= at && at < self.expires_at && self.ended.as_ref().is_none_or(|e| at < e.at)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtensionStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extension {
+    pub id: EventId,
+    pub grant_id: GrantId,
+    pub requester: String,
+    pub duration: Span,
+    pub reason: String,
+    pub approvals_needed: u32,
+    pub approvals: Vec<Approval>,
+    pub basis: Basis,
+    pub status: ExtensionStatus,
+}
+
+/// Everything the workflow knows, folded from the ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub requests: BTreeMap<RequestId, Request>,
+    pub grants: BTreeMap<GrantId, Grant>,
+    pub extensions: BTreeMap<EventId, Extension>,
+    /// Events folded (the next expected seq).
+    pub size: u64,
+}
+
+fn id(s: &str) -> Option<EventId> {
+    EventId::parse(s)
+}
+
+impl State {
+    /// Applies one ledger event. Events must come in ledger order (the
+    /// sequencer guarantees it); one out of order is ignored.
+    #[must_use]
+    pub fn evolve(mut self, event: &Event) -> State {
+        if event.seq != self.size {
+            return self;
+        }
+        self.size += 1;
+        if let Some(payload) = Payload::from_event(event) {
+            self.apply(event, payload);
+        }
+        self
+    }
+
+    /// Rebuilds the state from events starting at entry 0.
+    pub fn rebuild<'a>(events: impl IntoIterator<Item = &'a Event>) -> State {
+        events.into_iter().fold(State::default(), State::evolve)
+    }
+
+    fn apply(&mut self, event: &Event, payload: Payload) -> Option<()> {
+        let at = event.ts;
+        let by = event.draft.actor.sub.clone();
+        match payload {
+            Payload::RequestCreated(d) => {
+                let request = Request {
+                    id: event.draft.id,
+                    requester: event.draft.actor.clone(),
+                    created_at: at,
+                    target: d.target.to_target()?,
+                    duration: Span::from_secs(d.duration_secs)?,
+                    reason: d.reason,
+                    ticket: d.ticket,
+                    break_glass: d.break_glass,
+                    approvals_needed: d.approvals_needed,
+                    approvals: Vec::new(),
+                    pending_expires_at: ts(&d.pending_expires_at)?,
+                    basis: d.basis,
+                    status: RequestStatus::Pending,
+                    closed: None,
+                    grant: None,
+                    seq: event.seq,
+                };
+                self.requests.insert(request.id, request);
+            }
+            Payload::RequestApproved(d) => {
+                let request = self.requests.get_mut(&id(&d.request_id)?)?;
+                request.approvals.push(Approval { by, at, comment: d.comment });
+            }
+            Payload::RequestDenied(d) => {
+                let request = self.requests.get_mut(&id(&d.request_id)?)?;
+                request.status = RequestStatus::Denied;
+                request.closed = Some(Approval { by, at, comment: d.comment });
+            }
+            Payload::RequestCancelled(d) | Payload::RequestExpired(d) => {
+                let request = self.requests.get_mut(&id(&d.request_id)?)?;
+                request.status = if event.draft.kind == super::events::kind::REQUEST_CANCELLED {
+                    RequestStatus::Cancelled
+                } else {
+                    RequestStatus::Expired
+                };
+                request.closed = Some(Approval { by, at, comment: None });
+            }
+            Payload::GrantActivated(d) => {
+                let request_id = id(&d.request_id)?;
+                let grant = Grant {
+                    id: event.draft.id,
+                    request_id,
+                    requester: d.requester,
+                    target: d.target.to_target()?,
+                    starts_at: ts(&d.starts_at)?,
+                    expires_at: ts(&d.expires_at)?,
+                    approvers: d.approvers,
+                    break_glass: d.break_glass,
+                    review_due: d.review_due.as_deref().and_then(ts),
+                    reviewed: None,
+                    rbac: d.rbac,
+                    basis: d.basis,
+                    status: GrantStatus::Active,
+                    ended: None,
+                    extensions: Vec::new(),
+                    seq: event.seq,
+                };
+                if let Some(request) = self.requests.get_mut(&request_id) {
+                    request.status = RequestStatus::Granted;
+                    request.grant = Some(grant.id);
+                }
+                self.grants.insert(grant.id, grant);
+            }
+            Payload::GrantEnded(d) | Payload::GrantRevoked(d) | Payload::GrantExpired(d) => {
+                let status = match event.draft.kind.as_str() {
+                    super::events::kind::GRANT_ENDED => GrantStatus::Ended,
+                    super::events::kind::GRANT_REVOKED => GrantStatus::Revoked,
+                    _ => GrantStatus::Expired,
+                };
+                let grant = self.grants.get_mut(&id(&d.grant_id)?)?;
+                grant.status = status;
+                grant.ended = Some(Approval { by, at, comment: d.comment });
+            }
+            Payload::ExtensionRequested(d) => {
+                let grant_id = id(&d.grant_id)?;
+                let extension = Extension {
+                    id: event.draft.id,
+                    grant_id,
+                    requester: by,
+                    duration: Span::from_secs(d.duration_secs)?,
+                    reason: d.reason,
+                    approvals_needed: d.approvals_needed,
+                    approvals: Vec::new(),
+                    basis: d.basis,
+                    status: ExtensionStatus::Pending,
+                };
+                self.grants.get_mut(&grant_id)?.extensions.push(extension.id);
+                self.extensions.insert(extension.id, extension);
+            }
+            Payload::ExtensionApproved(d) => {
+                let extension = self.extensions.get_mut(&id(&d.extension_id)?)?;
+                extension.approvals.push(Approval { by, at, comment: d.comment });
+            }
+            Payload::ExtensionDenied(d) => {
+                self.extensions.get_mut(&id(&d.extension_id)?)?.status = ExtensionStatus::Denied;
+            }
+            Payload::GrantExtended(d) => {
+                self.extensions.get_mut(&id(&d.extension_id)?)?.status = ExtensionStatus::Approved;
+                self.grants.get_mut(&id(&d.grant_id)?)?.expires_at = ts(&d.expires_at)?;
+            }
+            Payload::BreakGlassReviewed(d) => {
+                self.grants.get_mut(&id(&d.grant_id)?)?.reviewed = Some(Approval { by, at, comment: Some(d.comment) });
+            }
+        }
+        Some(())
+    }
+
+    /// The expirations due at `now`: pending requests past their TTL and
+    /// active grants past their expiry, earliest first.
+    pub fn due(&self, now: Timestamp) -> Vec<super::decide::Command> {
+        use super::decide::Command;
+        let mut due: Vec<(Timestamp, Command)> = self
+            .requests
+            .values()
+            .filter(|r| r.status == RequestStatus::Pending && r.pending_expires_at <= now)
+            .map(|r| (r.pending_expires_at, Command::ExpireRequest { request: r.id }))
+            .chain(
+                self.grants
+                    .values()
+                    .filter(|g| g.status == GrantStatus::Active && g.expires_at <= now)
+                    .map(|g| (g.expires_at, Command::ExpireGrant { grant: g.id })),
+            )
+            .collect();
+        due.sort_by_key(|(at, _)| *at);
+        due.into_iter().map(|(_, command)| command).collect()
+    }
+
+    /// The next deadline the expiry scheduler must act on: the earliest
+    /// pending-request expiry or active-grant expiry.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let pending =
+            self.requests.values().filter(|r| r.status == RequestStatus::Pending).map(|r| r.pending_expires_at);
+        let grants = self.grants.values().filter(|g| g.status == GrantStatus::Active).map(|g| g.expires_at);
+        pending.chain(grants).min()
+    }
+}

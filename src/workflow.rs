@@ -1,0 +1,150 @@
+//! The workflow service: runs commands through the pure domain core and the
+//! ledger, keeps the state current from the ledger, and expires requests and
+//! grants on time.
+//!
+//! Commands are decided one at a time against the latest state (a mutex
+//! around decide + append), so two approvers approving at the same moment, an
+//! approval racing a cancel, or an extension racing an expiry each have
+//! exactly one outcome: the second command is decided on the state the first
+//! one left, and is refused if it no longer applies.
+//!
+//! The state is folded from the ledger itself (the entries read back from the
+//! store), so it is exactly what the ledger says, including events written by
+//! other parts of the service, and it is rebuilt from entry 0 at start.
+
+use crate::domain::decide::{Command, Context, Rejection, decide};
+use crate::domain::state::State;
+use crate::ledger::{AppendError, Ledger, Receipt};
+use crate::policy::Policy;
+use portcullis_format::event::{Actor, ParsedEntry};
+use portcullis_format::time::Timestamp;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error("reading the ledger: {0}")]
+    Read(String),
+}
+
+pub struct Workflow {
+    ledger: Ledger,
+    state: Mutex<State>,
+    policy: Option<Arc<Policy>>,
+    /// Woken after every command, so the scheduler re-plans its next deadline.
+    changed: Notify,
+}
+
+impl Workflow {
+    /// Builds the state from the whole ledger.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Read`] when the store cannot be read.
+    pub async fn open(ledger: Ledger, policy: Option<Arc<Policy>>) -> Result<Arc<Workflow>, WorkflowError> {
+        let workflow =
+            Arc::new(Workflow { ledger, state: Mutex::new(State::default()), policy, changed: Notify::new() });
+        drop(workflow.current().await?);
+        Ok(workflow)
+    }
+
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_deref()
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The state, caught up with everything durable in the ledger.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Read`] when the store cannot be read.
+    pub async fn current(&self) -> Result<MutexGuard<'_, State>, WorkflowError> {
+        let mut state = self.state.lock().await;
+        let head = self.ledger.head().size;
+        while state.size < head {
+            let from = state.size;
+            let store = Arc::clone(self.ledger.store());
+            let entries = tokio::task::spawn_blocking(move || store.entries(from, 4096))
+                .await
+                .map_err(|e| WorkflowError::Read(e.to_string()))?
+                .map_err(|e| WorkflowError::Read(e.to_string()))?;
+            if entries.is_empty() {
+                return Err(WorkflowError::Read(format!("entry {from} is missing")));
+            }
+            for entry in entries {
+                let parsed = ParsedEntry::parse(&entry)
+                    .map_err(|e| WorkflowError::Read(format!("entry {}: {e}", state.size)))?;
+                let taken = std::mem::take(&mut *state);
+                *state = taken.evolve(&parsed.event);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Decides `command` for `actor` and appends its events durably.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Rejected`] with nothing recorded, or a ledger failure.
+    pub async fn execute(&self, command: Command, actor: Actor, seed: [u8; 16]) -> Result<Vec<Receipt>, WorkflowError> {
+        let mut state = self.current().await?;
+        let ctx = Context { actor, now: Timestamp::now(), seed };
+        let drafts = decide(&state, self.policy.as_deref(), command, &ctx)?;
+        let receipts = self.ledger.append_all(drafts).await?;
+        // Fold what was just appended (and anything before it) while still holding the lock.
+        drop(state);
+        state = self.current().await?;
+        drop(state);
+        self.changed.notify_one();
+        Ok(receipts)
+    }
+
+    /// Expires pending requests and grants exactly at their deadlines: sleeps
+    /// until the earliest one (or until a command changes the plan), then
+    /// expires everything due. Whatever expired while the service was down is
+    /// due at once. Runs until the ledger closes.
+    pub async fn run_scheduler(self: Arc<Self>) {
+        loop {
+            let (due, next) = match self.current().await {
+                Ok(state) => {
+                    let now = Timestamp::now();
+                    (state.due(now), state.next_deadline())
+                }
+                Err(e) => {
+                    tracing::warn!("expiry scheduler: {e}");
+                    (Vec::new(), Some(Timestamp::now()))
+                }
+            };
+            for command in due {
+                match self.execute(command, Actor::system(), random_seed()).await {
+                    Ok(_) | Err(WorkflowError::Rejected(_)) => {}
+                    Err(WorkflowError::Append(AppendError::Closed)) => return,
+                    Err(e) => tracing::warn!("expiry scheduler: {e}"),
+                }
+            }
+            let wait = next.map_or(Duration::from_secs(3600), |deadline| {
+                let micros = deadline.unix_micros() - Timestamp::now().unix_micros();
+                Duration::from_micros(micros.max(0) as u64)
+            });
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// A fresh random seed for the ids of a command's events.
+pub fn random_seed() -> [u8; 16] {
+    portcullis_format::event::EventId::random().map(|id| id.0).unwrap_or_else(|_| {
+        // No system randomness: fall back to the clock, still unique per call in practice.
+        let mut seed = [0u8; 16];
+        seed[..8].copy_from_slice(&Timestamp::now().unix_micros().to_be_bytes());
+        seed
+    })
+}
