@@ -6,6 +6,8 @@
 //! listen = "127.0.0.1:8480"          # HTTP address
 //! origin = "portcullis.example.com/ledger"  # the log's name, used when the key is first generated
 //! checkpoint_interval_secs = 1       # how often a checkpoint is signed while the ledger grows
+//! policy = "policy.yaml"             # the access policy; without it the workflow API answers 503
+//! tokens = "portcullis-data/tokens"  # static bearer tokens, stored as hashes
 //! ```
 
 use serde::Deserialize;
@@ -19,6 +21,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub origin: Option<String>,
     pub checkpoint_interval_secs: Option<u64>,
+    pub policy: Option<PathBuf>,
+    pub tokens: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub origin: Option<String>,
     pub checkpoint_interval_secs: u64,
+    pub policy: Option<PathBuf>,
+    tokens: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
@@ -50,6 +56,11 @@ impl ServeConfig {
 
     pub fn key_path(&self) -> PathBuf {
         self.data_dir.join("log.key")
+    }
+
+    /// The static tokens file (default: `tokens` in the data directory).
+    pub fn tokens_path(&self) -> PathBuf {
+        self.tokens.clone().unwrap_or_else(|| self.data_dir.join("tokens"))
     }
 }
 
@@ -68,13 +79,8 @@ pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] for out-of-range values.
-pub fn merge(
-    file: FileConfig,
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    origin: Option<String>,
-    checkpoint_interval_secs: Option<u64>,
-) -> Result<ServeConfig, ConfigError> {
+pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
+    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens } = flags;
     let interval = checkpoint_interval_secs.or(file.checkpoint_interval_secs).unwrap_or(1);
     if !(1..=86_400).contains(&interval) {
         return Err(ConfigError::Invalid(format!("checkpoint_interval_secs must be 1 to 86400, not {interval}")));
@@ -92,5 +98,7 @@ pub fn merge(
         listen: listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses")),
         origin,
         checkpoint_interval_secs: interval,
+        policy: policy.or(file.policy),
+        tokens: tokens.or(file.tokens),
     })
 }

@@ -12,6 +12,7 @@
 //! - [`config`], [`keyfile`]: the config file and key files.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod export;

@@ -31,6 +31,24 @@ struct Common {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for a subject and its groups; prints the token once.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// The subject (user name) the token authenticates as.
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The tokens file [default: DATA_DIR/tokens].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the service on the embedded SQLite store (keys are generated on first start).
     Serve {
@@ -45,6 +63,17 @@ enum Command {
         /// Seconds between checkpoints while the ledger grows [default: 1].
         #[arg(long)]
         checkpoint_interval_secs: Option<u64>,
+        /// The access policy (YAML); without it the workflow API answers 503.
+        #[arg(long, env = "PORTCULLIS_POLICY")]
+        policy: Option<PathBuf>,
+        /// The static tokens file [default: DATA_DIR/tokens].
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
+    /// Manage static bearer tokens (stored only as hashes).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Write a new Ed25519 key pair: PATH (private, mode 0600) and PATH.pub; print the verifier key.
     Keygen {
@@ -96,17 +125,12 @@ enum Command {
     },
 }
 
-fn serve_config(
-    common: &Common,
-    listen: Option<SocketAddr>,
-    origin: Option<String>,
-    interval: Option<u64>,
-) -> anyhow::Result<ServeConfig> {
+fn serve_config(common: &Common, flags: config::FileConfig) -> anyhow::Result<ServeConfig> {
     let file = match &common.config {
         Some(path) => config::read(path)?,
         None => config::FileConfig::default(),
     };
-    Ok(config::merge(file, common.data_dir.clone(), listen, origin, interval)?)
+    Ok(config::merge(file, config::FileConfig { data_dir: common.data_dir.clone(), ..flags })?)
 }
 
 /// Commands that need the ledger open but not the service: the service must be stopped.
@@ -128,9 +152,17 @@ async fn close(ledger: portcullis::ledger::Ledger, thread: portcullis::ledger::S
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { common, listen, origin, checkpoint_interval_secs } => {
-            let config = serve_config(&common, listen, origin, checkpoint_interval_secs)?;
+        Command::Serve { common, listen, origin, checkpoint_interval_secs, policy, tokens } => {
+            let flags = config::FileConfig { data_dir: None, listen, origin, checkpoint_interval_secs, policy, tokens };
+            let config = serve_config(&common, flags)?;
             portcullis::serve::serve(config).await?;
+        }
+        Command::Token { command: TokenCommand::Create { common, sub, groups, tokens } } => {
+            let config = serve_config(&common, config::FileConfig { tokens, ..Default::default() })?;
+            let path = config.tokens_path();
+            let token = portcullis::auth::create(&path, &sub, &groups)?;
+            eprintln!("added a token for {sub} ({}) to {}; it is shown only now", groups.join(","), path.display());
+            println!("{token}");
         }
         Command::Keygen { name, out } => {
             let key = keyfile::generate(&out, &name)?;
@@ -138,7 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", key.verifier());
         }
         Command::Export { dir, common, from, to } => {
-            let config = serve_config(&common, None, None, None)?;
+            let config = serve_config(&common, config::FileConfig::default())?;
             if !config.database_path().exists() {
                 anyhow::bail!("no ledger at {}", config.database_path().display());
             }
@@ -169,14 +201,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Checkpoint { common } => {
-            let config = serve_config(&common, None, None, None)?;
+            let config = serve_config(&common, config::FileConfig::default())?;
             let (ledger, thread) = open_offline(&config)?;
             let result = ledger.checkpoint().await;
             close(ledger, thread).await?;
             print!("{}", result?.1);
         }
         Command::Proof { seq, common, out } => {
-            let config = serve_config(&common, None, None, None)?;
+            let config = serve_config(&common, config::FileConfig::default())?;
             let (ledger, thread) = open_offline(&config)?;
             let result = proof_file(&ledger, seq).await;
             close(ledger, thread).await?;
@@ -187,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::RotateKey { common } => {
-            let config = serve_config(&common, None, None, None)?;
+            let config = serve_config(&common, config::FileConfig::default())?;
             let (ledger, thread) = open_offline(&config)?;
             let result = rotate(&config, &ledger).await;
             close(ledger, thread).await?;

@@ -8,10 +8,13 @@
 //! its commit, so nothing acknowledged is lost at any point of this.
 
 use crate::api::{AppState, app};
+use crate::auth::Tokens;
 use crate::config::ServeConfig;
 use crate::keyfile;
 use crate::ledger::{Ledger, LedgerConfig, LedgerError, TailCheckError};
+use crate::policy::Policy;
 use crate::store::sqlite::SqliteStore;
+use crate::workflow::Workflow;
 use anyhow::Context as _;
 use std::io::Write;
 use std::path::PathBuf;
@@ -119,6 +122,18 @@ pub fn promote_next_key(config: &ServeConfig) -> anyhow::Result<()> {
 /// # Errors
 /// Start-up failures (key, store, tail check, address in use).
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Everything that can be refused is read before the ledger is touched.
+    let policy = match &config.policy {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading the policy {}", path.display()))?;
+            let policy =
+                Policy::parse(&text).map_err(|e| anyhow::anyhow!("the policy {} is refused: {e}", path.display()))?;
+            Some(Arc::new(policy))
+        }
+        None => None,
+    };
+    let tokens = Tokens::load(&config.tokens_path())?;
     let (ledger, thread, generated) = open_ledger(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -138,18 +153,51 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "  checkpoints:  every {}s while the ledger grows; GET /checkpoint",
             config.checkpoint_interval_secs
         );
-        let _ = writeln!(out, "  not configured: clusters (no reconciler runs), identity provider, access policy;");
-        let _ = writeln!(
-            out,
-            "                  this build serves the ledger read-only (checkpoint, tiles, entries, proofs)"
-        );
+        match (&config.policy, &policy) {
+            (Some(path), Some(policy)) => {
+                let _ = writeln!(
+                    out,
+                    "  policy:       {} ({} rules, sha256 {})",
+                    path.display(),
+                    policy.rules().len(),
+                    policy.hash_hex()
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  policy:       not configured: the workflow API (/v1/requests, /v1/grants) answers 503;"
+                );
+                let _ =
+                    writeln!(out, "                start with --policy FILE (example: schemas/policy.example.yaml)");
+            }
+        }
+        if tokens.is_empty() {
+            let _ = writeln!(
+                out,
+                "  tokens:       none in {}; create one with: portcullis token create --sub NAME --groups G1,G2",
+                config.tokens_path().display()
+            );
+        } else {
+            let _ = writeln!(out, "  tokens:       {}", config.tokens_path().display());
+        }
+        let _ = writeln!(out, "  not configured: clusters (no reconciler runs: grants are recorded, not applied),");
+        let _ = writeln!(out, "                  OIDC identity provider (static tokens only), webhooks");
         let _ = out.flush();
     }
     let checkpointer =
         tokio::spawn(ledger.clone().run_checkpointer(Duration::from_secs(config.checkpoint_interval_secs)));
-    let state = Arc::new(AppState { ledger: ledger.clone() });
+    let workflow = match policy {
+        Some(policy) => Some(Workflow::open(ledger.clone(), Some(policy)).await?),
+        None => None,
+    };
+    let scheduler = workflow.clone().map(|w| tokio::spawn(w.run_scheduler()));
+    let state = Arc::new(AppState { ledger: ledger.clone(), workflow, tokens });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     ledger.close().await;
     checkpointer.abort();
     drop(ledger);

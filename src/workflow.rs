@@ -13,6 +13,7 @@
 //! other parts of the service, and it is rebuilt from entry 0 at start.
 
 use crate::domain::decide::{Command, Context, Rejection, decide};
+use crate::domain::events::{Payload, PolicyLoaded};
 use crate::domain::state::State;
 use crate::ledger::{AppendError, Ledger, Receipt};
 use crate::policy::Policy;
@@ -48,6 +49,16 @@ impl Workflow {
     pub async fn open(ledger: Ledger, policy: Option<Arc<Policy>>) -> Result<Arc<Workflow>, WorkflowError> {
         let workflow =
             Arc::new(Workflow { ledger, state: Mutex::new(State::default()), policy, changed: Notify::new() });
+        let recorded = workflow.current().await?.policy_hash.clone();
+        // The policy in force is recorded whole in the ledger whenever it changes.
+        if let Some(policy) = &workflow.policy
+            && recorded.as_deref() != Some(policy.hash_hex().as_str())
+        {
+            let loaded =
+                Payload::PolicyLoaded(PolicyLoaded { policy_hash: policy.hash_hex(), text: policy.text().to_string() });
+            let id = portcullis_format::event::EventId(random_seed());
+            workflow.ledger.append(loaded.to_draft(id, &Actor::system())).await?;
+        }
         drop(workflow.current().await?);
         Ok(workflow)
     }

@@ -40,7 +40,7 @@ fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-fn parse_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
     let ok = !value.is_empty() && value.len() <= 16 && value.bytes().all(|b| b.is_ascii_digit());
     value
         .parse()
@@ -50,7 +50,10 @@ fn parse_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
 }
 
 /// Parses a query string strictly: only the named parameters, each at most once.
-fn query_params(raw: Option<String>, allowed: &[&'static str]) -> Result<Vec<(&'static str, String)>, ApiError> {
+pub(super) fn query_params(
+    raw: Option<String>,
+    allowed: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, ApiError> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
     let raw = raw.unwrap_or_default();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {

@@ -6,8 +6,11 @@
 //! details go to the log).
 
 mod ledger;
+mod workflow;
 
+use crate::auth::Tokens;
 use crate::ledger::Ledger;
+use crate::workflow::Workflow;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +19,28 @@ use std::sync::Arc;
 /// What every handler can reach.
 pub struct AppState {
     pub ledger: Ledger,
+    /// The access workflow, when a policy is configured.
+    pub workflow: Option<Arc<Workflow>>,
+    pub tokens: Tokens,
 }
+
+impl AppState {
+    /// A state serving the ledger only.
+    pub fn ledger_only(ledger: Ledger) -> AppState {
+        AppState { ledger, workflow: None, tokens: Tokens::default() }
+    }
+}
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// The service's router.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new().merge(ledger::router()).with_state(state)
+    Router::new()
+        .merge(ledger::router())
+        .merge(workflow::router())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
 }
 
 /// The one API error type; each variant documents its status code.
@@ -32,6 +52,18 @@ pub enum ApiError {
     /// 400: a parameter is malformed or out of range; names the parameter.
     #[error("parameter {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },
+    /// 401: no credentials, or credentials that do not authenticate.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed (by role or by policy).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: the request or grant is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: a body field is missing or breaks a rule; names the field.
+    #[error("{field}: {reason}")]
+    Unprocessable { field: String, reason: String },
     /// 503: the ledger is shutting down or its store is unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -45,6 +77,10 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid-parameter", "Invalid parameter"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
@@ -57,13 +93,21 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!("internal error: {detail}");
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("urn:portcullis:problem:{slug}"),
             "title": title,
             "status": status.as_u16(),
             "detail": self.to_string(),
         });
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+        if let ApiError::Unprocessable { field, .. } = &self {
+            body["field"] = serde_json::Value::String(field.clone());
+        }
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

@@ -145,6 +145,15 @@ pub struct GrantExtended {
     pub expires_at: String,
 }
 
+/// The policy the service loaded, recorded whole so a verifier can re-check
+/// every decision against the policy in force when it was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyLoaded {
+    pub policy_hash: String,
+    pub text: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlassReviewed {
@@ -168,6 +177,7 @@ pub mod kind {
     pub const EXTENSION_DENIED: &str = "grant.extension_denied";
     pub const GRANT_EXTENDED: &str = "grant.extended";
     pub const BREAK_GLASS_REVIEWED: &str = "grant.break_glass_reviewed";
+    pub const POLICY_LOADED: &str = "policy.loaded";
 }
 
 /// A workflow event, typed.
@@ -187,6 +197,7 @@ pub enum Payload {
     ExtensionDenied(ExtensionDecision),
     GrantExtended(GrantExtended),
     BreakGlassReviewed(BreakGlassReviewed),
+    PolicyLoaded(PolicyLoaded),
 }
 
 impl Payload {
@@ -206,6 +217,7 @@ impl Payload {
             Payload::ExtensionDenied(_) => kind::EXTENSION_DENIED,
             Payload::GrantExtended(_) => kind::GRANT_EXTENDED,
             Payload::BreakGlassReviewed(_) => kind::BREAK_GLASS_REVIEWED,
+            Payload::PolicyLoaded(_) => kind::POLICY_LOADED,
         }
     }
 
@@ -220,6 +232,7 @@ impl Payload {
             Payload::ExtensionApproved(d) | Payload::ExtensionDenied(d) => serde_json::to_value(d),
             Payload::GrantExtended(d) => serde_json::to_value(d),
             Payload::BreakGlassReviewed(d) => serde_json::to_value(d),
+            Payload::PolicyLoaded(d) => serde_json::to_value(d),
         }
     }
 
@@ -256,6 +269,7 @@ impl Payload {
                 kind::EXTENSION_DENIED => Payload::ExtensionDenied(serde_json::from_value(v).ok()?),
                 kind::GRANT_EXTENDED => Payload::GrantExtended(serde_json::from_value(v).ok()?),
                 kind::BREAK_GLASS_REVIEWED => Payload::BreakGlassReviewed(serde_json::from_value(v).ok()?),
+                kind::POLICY_LOADED => Payload::PolicyLoaded(serde_json::from_value(v).ok()?),
                 _ => return None,
             })
         };

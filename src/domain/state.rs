@@ -134,6 +134,8 @@ pub struct State {
     pub extensions: BTreeMap<EventId, Extension>,
     /// Events folded (the next expected seq).
     pub size: u64,
+    /// The hash of the policy last recorded as loaded.
+    pub policy_hash: Option<String>,
 }
 
 fn id(s: &str) -> Option<EventId> {
@@ -265,6 +267,9 @@ impl State {
             Payload::GrantExtended(d) => {
                 self.extensions.get_mut(&id(&d.extension_id)?)?.status = ExtensionStatus::Approved;
                 self.grants.get_mut(&id(&d.grant_id)?)?.expires_at = ts(&d.expires_at)?;
+            }
+            Payload::PolicyLoaded(d) => {
+                self.policy_hash = Some(d.policy_hash);
             }
             Payload::BreakGlassReviewed(d) => {
                 self.grants.get_mut(&id(&d.grant_id)?)?.reviewed = Some(Approval { by, at, comment: Some(d.comment) });

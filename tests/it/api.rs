@@ -42,7 +42,7 @@ async fn ledger_endpoints_serve_verifiable_proofs_tiles_and_pages() {
     let (size, note) = ledger.checkpoint().await.unwrap();
     assert_eq!(size, 300);
     let root = SignedCheckpoint::parse(note.as_bytes()).unwrap().checkpoint.root;
-    let router = app(Arc::new(AppState { ledger: ledger.clone() }));
+    let router = app(Arc::new(AppState::ledger_only(ledger.clone())));
 
     let (status, content_type, body) = call(&router, "/checkpoint").await;
     assert_eq!((status, content_type.as_str()), (StatusCode::OK, "text/plain; charset=utf-8"));
@@ -102,7 +102,7 @@ async fn ledger_endpoints_serve_verifiable_proofs_tiles_and_pages() {
 async fn bad_parameters_get_problem_json_naming_the_parameter() {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
-    let router = app(Arc::new(AppState { ledger: ledger.clone() }));
+    let router = app(Arc::new(AppState::ledger_only(ledger.clone())));
     let cases = [
         ("/v1/ledger/entries?limit=0", StatusCode::BAD_REQUEST, "limit"),
         ("/v1/ledger/entries?limit=abc", StatusCode::BAD_REQUEST, "limit"),
@@ -141,7 +141,7 @@ async fn bad_parameters_get_problem_json_naming_the_parameter() {
 async fn a_tile_above_level_7_is_not_found_instead_of_a_shift_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
-    let router = app(Arc::new(AppState { ledger: ledger.clone() }));
+    let router = app(Arc::new(AppState::ledger_only(ledger.clone())));
     for path in ["/tile/8/000.p/1", "/tile/32/000.p/1", "/tile/63/000", "/tile/0/x018/x446/x744/x073/x709/x551/615"] {
         let (status, content_type, body) = call(&router, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {}", String::from_utf8_lossy(&body));

@@ -12,3 +12,4 @@ mod ledger;
 mod python_verifier;
 mod rfc9162_vectors;
 mod tamper;
+mod workflow;

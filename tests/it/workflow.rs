@@ -1,0 +1,289 @@
+//! The access workflow through the HTTP router: the README's flow, the
+//! authentication edge, idempotent retries and racing commands.
+
+use crate::ledger::{close, open, signer, verify_dir};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use portcullis::api::{AppState, app};
+use portcullis::auth::Tokens;
+use portcullis::policy::Policy;
+use portcullis::workflow::Workflow;
+use portcullis_format::keys::KeySet;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const EXAMPLE_POLICY: &str = include_str!("../../schemas/policy.example.yaml");
+
+struct Service {
+    router: axum::Router,
+    tokens: HashMap<&'static str, String>,
+    workflow: Arc<Workflow>,
+}
+
+async fn service(dir: &std::path::Path, ledger: portcullis::ledger::Ledger) -> Service {
+    let path = dir.join("tokens");
+    let mut tokens = HashMap::new();
+    for (name, sub, groups) in [
+        ("alice", "alice@example.com", vec!["web"]),
+        ("lead1", "lead1@example.com", vec!["sre-leads"]),
+        ("lead2", "lead2@example.com", vec!["sre-leads"]),
+        ("carol", "carol@example.com", vec![]),
+        ("admin", "root@example.com", vec!["platform-admins"]),
+        ("stranger", "eve@example.com", vec!["marketing"]),
+    ] {
+        let groups: Vec<String> = groups.into_iter().map(str::to_string).collect();
+        tokens.insert(name, portcullis::auth::create(&path, sub, &groups).unwrap());
+    }
+    let policy = Arc::new(Policy::parse(EXAMPLE_POLICY).unwrap());
+    let workflow = Workflow::open(ledger.clone(), Some(policy)).await.unwrap();
+    let state = AppState { ledger, workflow: Some(Arc::clone(&workflow)), tokens: Tokens::load(&path).unwrap() };
+    Service { router: app(Arc::new(state)), tokens, workflow }
+}
+
+impl Service {
+    async fn call(
+        &self,
+        who: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(who) = who {
+            let token = self.tokens.get(who).cloned().unwrap_or_else(|| who.to_string());
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
+        let response = self.router.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+fn prod_request() -> Value {
+    json!({
+        "cluster": "prod", "namespace": "shop-eu", "kind": "ingresses", "names": ["storefront"],
+        "access": "edit", "duration": "30m", "reason": "INC-4711: fix the TLS host", "ticket": "INC-4711"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_two_approvals_grant_end_early_and_the_ledger_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+
+    let (status, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{request}");
+    assert_eq!(request["status"], "pending");
+    assert_eq!(request["approvals_needed"], 2);
+    assert_eq!(request["rule"], "prod-ingress-edit");
+    let id = request["id"].as_str().unwrap().to_string();
+
+    let (status, own) = s.call(Some("alice"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{own}");
+    let (status, first) = s
+        .call(Some("lead1"), "POST", &format!("/v1/requests/{id}/approve"), Some(json!({"comment": "ok"})), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(first["grant"].is_null());
+    let (status, second) = s.call(Some("lead2"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let grant = &second["grant"];
+    assert_eq!(grant["status"], "active");
+    assert_eq!(grant["approvers"], json!(["lead1@example.com", "lead2@example.com"]));
+    assert_eq!(grant["rbac"][1]["verbs"], json!(["list", "watch"]), "the grant shows what RBAC cannot restrict");
+    let grant_id = grant["id"].as_str().unwrap().to_string();
+
+    let (status, active) = s.call(Some("lead1"), "GET", "/v1/grants?active=true", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(active["items"].as_array().unwrap().len(), 1);
+    let (status, who) = s
+        .call(
+            Some("alice"),
+            "GET",
+            "/v1/access?cluster=prod&namespace=shop-eu&kind=ingresses&name=storefront",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(who["grants"][0]["requester"], "alice@example.com");
+
+    let (status, ended) = s
+        .call(Some("alice"), "POST", &format!("/v1/grants/{grant_id}/end"), Some(json!({"comment": "done"})), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(ended["status"], "ended");
+    let (status, again) = s.call(Some("alice"), "POST", &format!("/v1/grants/{grant_id}/end"), None, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+
+    let store = Arc::clone(ledger.store());
+    ledger.checkpoint().await.unwrap();
+    drop(s);
+    close(ledger, thread).await;
+    let export = dir.path().join("export");
+    portcullis::export::export(store.as_ref(), &export, 0, None, &|_, _| {}).unwrap();
+    let summary = verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap();
+    // ledger.created, policy.loaded, request, 2 approvals, grant, end
+    assert_eq!(summary.entries_verified, 7);
+}
+
+#[tokio::test]
+async fn every_route_refuses_missing_and_unknown_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let id = "0".repeat(32);
+    let routes = [
+        ("GET", "/v1/whoami".to_string()),
+        ("POST", "/v1/requests".to_string()),
+        ("GET", "/v1/requests".to_string()),
+        ("GET", format!("/v1/requests/{id}")),
+        ("POST", format!("/v1/requests/{id}/approve")),
+        ("POST", format!("/v1/requests/{id}/deny")),
+        ("POST", format!("/v1/requests/{id}/cancel")),
+        ("GET", "/v1/grants".to_string()),
+        ("GET", format!("/v1/grants/{id}")),
+        ("POST", format!("/v1/grants/{id}/end")),
+        ("POST", format!("/v1/grants/{id}/extend")),
+        ("POST", format!("/v1/grants/{id}/revoke")),
+        ("POST", format!("/v1/grants/{id}/review")),
+        ("POST", format!("/v1/extensions/{id}/approve")),
+        ("POST", format!("/v1/extensions/{id}/deny")),
+        ("GET", "/v1/access?cluster=prod&namespace=shop&kind=ingresses".to_string()),
+    ];
+    for (method, path) in &routes {
+        for who in [None, Some("pcs_not-a-real-token")] {
+            let (status, problem) = s.call(who, method, path, Some(prod_request()), None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} as {who:?}: {problem}");
+            assert_eq!(problem["type"], "urn:portcullis:problem:unauthorized");
+        }
+    }
+    assert_eq!(ledger.head().size, 2, "nothing but the ledger's creation and the policy was recorded");
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test]
+async fn bad_fields_are_named_and_nothing_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    for (field, value) in [
+        ("namespace", json!("Shop_EU")),
+        ("cluster", json!("")),
+        ("kind", json!("secrets")),
+        ("access", json!("admin")),
+        ("duration", json!("forever")),
+        ("duration", json!("3h")),
+        ("ticket", json!("JIRA-1")),
+        ("reason", json!("short")),
+        ("names", json!(["Not A Name"])),
+    ] {
+        let mut body = prod_request();
+        body[field] = value;
+        cases.push((body, field));
+    }
+    let mut unknown = prod_request();
+    unknown["colour"] = json!("blue");
+    cases.push((unknown, "body"));
+    for (body, field) in cases {
+        let (status, problem) = s.call(Some("alice"), "POST", "/v1/requests", Some(body.clone()), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {problem}");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    let (status, problem) = s.call(Some("stranger"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert_eq!(ledger.head().size, 2);
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_creates_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let (first_status, first) =
+        s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some("retry-1")).await;
+    let (second_status, second) =
+        s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some("retry-1")).await;
+    assert_eq!((first_status, second_status), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(first["id"], second["id"]);
+    let (_, other) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some("retry-2")).await;
+    assert_ne!(first["id"], other["id"]);
+    assert_eq!(s.workflow.current().await.unwrap().requests.len(), 2);
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_approvals_give_one_grant_and_racing_revocations_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = Arc::new(service(dir.path(), ledger.clone()).await);
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let id = request["id"].as_str().unwrap().to_string();
+    let approvals = ["lead1", "lead2", "carol"].map(|who| {
+        let s = Arc::clone(&s);
+        let path = format!("/v1/requests/{id}/approve");
+        tokio::spawn(async move { s.call(Some(who), "POST", &path, None, None).await })
+    });
+    let mut outcomes = Vec::new();
+    for task in approvals {
+        outcomes.push(task.await.unwrap().0);
+    }
+    // Two approvals activate the grant; the third finds the request no longer pending.
+    assert_eq!(outcomes.iter().filter(|s| **s == StatusCode::OK).count(), 2, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 1, "{outcomes:?}");
+    let state = s.workflow.current().await.unwrap();
+    assert_eq!(state.grants.len(), 1);
+    let grant = *state.grants.keys().next().unwrap();
+    drop(state);
+
+    let revokes = ["lead1", "admin"].map(|who| {
+        let s = Arc::clone(&s);
+        let path = format!("/v1/grants/{grant}/revoke");
+        tokio::spawn(
+            async move { s.call(Some(who), "POST", &path, Some(json!({"reason": "suspicious"})), None).await.0 },
+        )
+    });
+    let mut outcomes = Vec::new();
+    for task in revokes {
+        outcomes.push(task.await.unwrap());
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, vec![StatusCode::OK, StatusCode::CONFLICT]);
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test]
+async fn without_a_policy_the_workflow_answers_503_and_the_ledger_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let path = dir.path().join("tokens");
+    let token = portcullis::auth::create(&path, "alice", &[]).unwrap();
+    let state = AppState { ledger: ledger.clone(), workflow: None, tokens: Tokens::load(&path).unwrap() };
+    let router = app(Arc::new(state));
+    let request = Request::post("/v1/requests")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(prod_request().to_string()))
+        .unwrap();
+    assert_eq!(router.clone().oneshot(request).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        router.oneshot(Request::get("/checkpoint").body(Body::empty()).unwrap()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    close(ledger, thread).await;
+}
