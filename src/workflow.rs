@@ -39,7 +39,12 @@ pub struct Workflow {
     policy: Option<Arc<Policy>>,
     /// Woken after every command, so the scheduler re-plans its next deadline.
     changed: Notify,
+    /// The time commands are decided at (the system clock, except in tests).
+    clock: Clock,
 }
+
+/// A source of the current time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 impl Workflow {
     /// Builds the state from the whole ledger.
@@ -47,8 +52,20 @@ impl Workflow {
     /// # Errors
     /// [`WorkflowError::Read`] when the store cannot be read.
     pub async fn open(ledger: Ledger, policy: Option<Arc<Policy>>) -> Result<Arc<Workflow>, WorkflowError> {
+        Workflow::open_with_clock(ledger, policy, Arc::new(Timestamp::now)).await
+    }
+
+    /// As [`Workflow::open`], deciding at the times `clock` gives.
+    ///
+    /// # Errors
+    /// As [`Workflow::open`].
+    pub async fn open_with_clock(
+        ledger: Ledger,
+        policy: Option<Arc<Policy>>,
+        clock: Clock,
+    ) -> Result<Arc<Workflow>, WorkflowError> {
         let workflow =
-            Arc::new(Workflow { ledger, state: Mutex::new(State::default()), policy, changed: Notify::new() });
+            Arc::new(Workflow { ledger, state: Mutex::new(State::default()), policy, changed: Notify::new(), clock });
         let recorded = workflow.current().await?.policy_hash.clone();
         // The policy in force is recorded whole in the ledger whenever it changes.
         if let Some(policy) = &workflow.policy
@@ -104,7 +121,7 @@ impl Workflow {
     /// [`WorkflowError::Rejected`] with nothing recorded, or a ledger failure.
     pub async fn execute(&self, command: Command, actor: Actor, seed: [u8; 16]) -> Result<Vec<Receipt>, WorkflowError> {
         let mut state = self.current().await?;
-        let ctx = Context { actor, now: Timestamp::now(), seed };
+        let ctx = Context { actor, now: (self.clock)(), seed };
         let drafts = decide(&state, self.policy.as_deref(), command, &ctx)?;
         let receipts = self.ledger.append_all(drafts).await?;
         // Fold what was just appended (and anything before it) while still holding the lock.
@@ -120,34 +137,56 @@ impl Workflow {
     /// expires everything due. Whatever expired while the service was down is
     /// due at once. Runs until the ledger closes.
     pub async fn run_scheduler(self: Arc<Self>) {
+        let mut backoff = Duration::ZERO;
         loop {
-            let (due, next) = match self.current().await {
-                Ok(state) => {
-                    let now = Timestamp::now();
-                    (state.due(now), state.next_deadline())
-                }
+            let plan = match self.current().await {
+                Ok(state) => plan(&state, (self.clock)()),
                 Err(e) => {
                     tracing::warn!("expiry scheduler: {e}");
-                    (Vec::new(), Some(Timestamp::now()))
+                    Plan { due: Vec::new(), wait: Duration::from_secs(1) }
                 }
             };
-            for command in due {
+            let mut failed = false;
+            for command in plan.due {
                 match self.execute(command, Actor::system(), random_seed()).await {
                     Ok(_) | Err(WorkflowError::Rejected(_)) => {}
                     Err(WorkflowError::Append(AppendError::Closed)) => return,
-                    Err(e) => tracing::warn!("expiry scheduler: {e}"),
+                    Err(e) => {
+                        tracing::warn!("expiry scheduler: {e}");
+                        failed = true;
+                    }
                 }
             }
-            let wait = next.map_or(Duration::from_secs(3600), |deadline| {
-                let micros = deadline.unix_micros() - Timestamp::now().unix_micros();
-                Duration::from_micros(micros.max(0) as u64)
-            });
+            // A failing store must not turn the loop into a busy one: back off, up to 30 s.
+            backoff = if failed {
+                (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+            } else {
+                Duration::ZERO
+            };
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(plan.wait.max(backoff)) => {}
                 () = self.changed.notified() => {}
             }
         }
     }
+}
+
+/// What the scheduler does now, and how long it then sleeps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub due: Vec<Command>,
+    pub wait: Duration,
+}
+
+/// The expirations due at `now`, and the time until the next deadline after
+/// them (an hour when there is none: a command wakes the scheduler anyway).
+pub fn plan(state: &State, now: Timestamp) -> Plan {
+    let due = state.due(now);
+    let upcoming = state.next_deadline_after(now);
+    let wait = upcoming.map_or(Duration::from_secs(3600), |deadline| {
+        Duration::from_micros((deadline.unix_micros() - now.unix_micros()).max(0) as u64)
+    });
+    Plan { due, wait }
 }
 
 /// A fresh random seed for the ids of a command's events.

@@ -298,12 +298,12 @@ impl State {
         due.into_iter().map(|(_, command)| command).collect()
     }
 
-    /// The next deadline the expiry scheduler must act on: the earliest
-    /// pending-request expiry or active-grant expiry.
-    pub fn next_deadline(&self) -> Option<Timestamp> {
+    /// The next deadline after `now` the expiry scheduler must act on: the
+    /// earliest pending-request expiry or active-grant expiry later than `now`.
+    pub fn next_deadline_after(&self, now: Timestamp) -> Option<Timestamp> {
         let pending =
             self.requests.values().filter(|r| r.status == RequestStatus::Pending).map(|r| r.pending_expires_at);
         let grants = self.grants.values().filter(|g| g.status == GrantStatus::Active).map(|g| g.expires_at);
-        pending.chain(grants).min()
+        pending.chain(grants).filter(|deadline| *deadline > now).min()
     }
 }

@@ -287,3 +287,43 @@ async fn without_a_policy_the_workflow_answers_503_and_the_ledger_still_serves()
     );
     close(ledger, thread).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_wakes_exactly_at_the_next_deadline_and_expires_what_passed_while_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let id = portcullis_format::event::EventId::parse(request["id"].as_str().unwrap()).unwrap();
+    let created = portcullis_format::time::Timestamp::parse(request["created_at"].as_str().unwrap()).unwrap();
+    let expires = portcullis_format::time::Timestamp::parse(request["pending_expires_at"].as_str().unwrap()).unwrap();
+
+    // The plan sleeps until the exact deadline, to the microsecond, and expires it then.
+    let state = s.workflow.current().await.unwrap();
+    let before = portcullis::workflow::plan(&state, created);
+    assert!(before.due.is_empty());
+    assert_eq!(before.wait.as_micros() as i64, expires.unix_micros() - created.unix_micros());
+    let at_deadline = portcullis::workflow::plan(&state, expires);
+    assert_eq!(at_deadline.due.len(), 1);
+    drop(state);
+    drop(s);
+
+    // A restart two hours later: the scheduler expires the request at once.
+    let policy = Arc::new(Policy::parse(EXAMPLE_POLICY).unwrap());
+    let later = portcullis_format::time::Timestamp::from_unix_micros(expires.unix_micros() + 3_600_000_000).unwrap();
+    let workflow = Workflow::open_with_clock(ledger.clone(), Some(policy), Arc::new(move || later)).await.unwrap();
+    let scheduler = tokio::spawn(Arc::clone(&workflow).run_scheduler());
+    let mut expired = false;
+    for _ in 0..500 {
+        if workflow.current().await.unwrap().requests[&id].status == portcullis::domain::state::RequestStatus::Expired {
+            expired = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(expired, "the request that expired while the service was down was expired at start");
+    scheduler.abort();
+    drop(workflow);
+    close(ledger, thread).await;
+}
