@@ -123,13 +123,21 @@ pub fn promote_next_key(config: &ServeConfig) -> anyhow::Result<()> {
 /// Start-up failures (key, store, tail check, address in use).
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Everything that can be refused is read before the ledger is touched.
+    // A policy file that does not parse is refused with its line and reason. On a
+    // new ledger that stops the start; on an existing one the policy recorded in
+    // the ledger stays in force.
     let policy = match &config.policy {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading the policy {}", path.display()))?;
-            let policy =
-                Policy::parse(&text).map_err(|e| anyhow::anyhow!("the policy {} is refused: {e}", path.display()))?;
-            Some(Arc::new(policy))
+            match Policy::parse(&text) {
+                Ok(policy) => Some(Arc::new(policy)),
+                Err(e) if config.database_path().exists() => {
+                    tracing::error!("the policy {} is refused: {e}; the policy in force stays", path.display());
+                    None
+                }
+                Err(e) => anyhow::bail!("the policy {} is refused: {e}", path.display()),
+            }
         }
         None => None,
     };
@@ -187,10 +195,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let checkpointer =
         tokio::spawn(ledger.clone().run_checkpointer(Duration::from_secs(config.checkpoint_interval_secs)));
-    let workflow = match policy {
-        Some(policy) => Some(Workflow::open(ledger.clone(), Some(policy)).await?),
-        None => None,
+    let workflow = match (&config.policy, policy) {
+        (Some(_), policy) => Some(Workflow::open(ledger.clone(), policy).await?),
+        (None, _) => None,
     };
+    if let Some(workflow) = &workflow {
+        let state = workflow.current().await?;
+        for (hash, (_, by)) in &state.proposals {
+            println!("  policy change {hash} proposed by {by} awaits a second admin: POST /v1/policy/{hash}/approve");
+        }
+        if state.policy.is_none() {
+            println!("  no policy is in force: the workflow API answers 503 until one is loaded");
+        }
+    }
     let scheduler = workflow.clone().map(|w| tokio::spawn(w.run_scheduler()));
     let state = Arc::new(AppState { ledger: ledger.clone(), workflow, tokens });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;

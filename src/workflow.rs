@@ -19,8 +19,11 @@ use crate::ledger::{AppendError, Ledger, Receipt};
 use crate::policy::Policy;
 use portcullis_format::event::{Actor, ParsedEntry};
 use portcullis_format::time::Timestamp;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// The proposer recorded when the configured policy file differs from the policy in force.
+pub const CONFIG_PROPOSER: &str = "system:policy-file";
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +39,7 @@ pub enum WorkflowError {
 pub struct Workflow {
     ledger: Ledger,
     state: Mutex<State>,
-    policy: Option<Arc<Policy>>,
+    policy: RwLock<Option<Arc<Policy>>>,
     /// Woken after every command, so the scheduler re-plans its next deadline.
     changed: Notify,
     /// The time commands are decided at (the system clock, except in tests).
@@ -64,24 +67,66 @@ impl Workflow {
         policy: Option<Arc<Policy>>,
         clock: Clock,
     ) -> Result<Arc<Workflow>, WorkflowError> {
-        let workflow =
-            Arc::new(Workflow { ledger, state: Mutex::new(State::default()), policy, changed: Notify::new(), clock });
-        let recorded = workflow.current().await?.policy_hash.clone();
-        // The policy in force is recorded whole in the ledger whenever it changes.
-        if let Some(policy) = &workflow.policy
-            && recorded.as_deref() != Some(policy.hash_hex().as_str())
-        {
-            let loaded =
-                Payload::PolicyLoaded(PolicyLoaded { policy_hash: policy.hash_hex(), text: policy.text().to_string() });
-            let id = portcullis_format::event::EventId(random_seed());
-            workflow.ledger.append(loaded.to_draft(id, &Actor::system())).await?;
+        let workflow = Arc::new(Workflow {
+            ledger,
+            state: Mutex::new(State::default()),
+            policy: RwLock::new(None),
+            changed: Notify::new(),
+            clock,
+        });
+        let (recorded, proposed) = {
+            let state = workflow.current().await?;
+            (state.policy.as_ref().map(|(hash, _)| hash.clone()), state.proposals.keys().cloned().collect::<Vec<_>>())
+        };
+        if let Some(configured) = policy {
+            let hash = configured.hash_hex();
+            match recorded {
+                // The ledger's first policy: loaded as configured, recorded whole.
+                None => {
+                    let loaded = Payload::PolicyLoaded(PolicyLoaded {
+                        policy_hash: hash,
+                        text: configured.text().to_string(),
+                        proposed_by: None,
+                        approved_by: None,
+                    });
+                    let id = portcullis_format::event::EventId(random_seed());
+                    workflow.ledger.append(loaded.to_draft(id, &Actor::system())).await?;
+                }
+                // A changed file is only a proposal: the policy in force stays until a second admin approves.
+                Some(recorded) if recorded != hash && !proposed.contains(&hash) => {
+                    let proposer = Actor { sub: CONFIG_PROPOSER.into(), groups: Vec::new(), via: "system".into() };
+                    let command = Command::ProposePolicy { text: configured.text().to_string() };
+                    workflow.execute(command, proposer, random_seed()).await?;
+                }
+                Some(_) => {}
+            }
         }
         drop(workflow.current().await?);
         Ok(workflow)
     }
 
-    pub fn policy(&self) -> Option<&Policy> {
-        self.policy.as_deref()
+    /// The policy in force.
+    pub fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps the parsed policy in step with the one the ledger says is in force.
+    fn sync_policy(&self, state: &State) {
+        let current = self.policy();
+        let wanted = state.policy.as_ref();
+        if current.as_ref().map(|p| p.hash_hex()) == wanted.map(|(hash, _)| hash.clone()) {
+            return;
+        }
+        let parsed = wanted.map(|(_, text)| Policy::parse(text));
+        let next = match parsed {
+            None => None,
+            Some(Ok(policy)) => Some(Arc::new(policy)),
+            Some(Err(e)) => {
+                tracing::error!("the policy recorded in the ledger does not parse: {e}");
+                return;
+            }
+        };
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -112,6 +157,7 @@ impl Workflow {
                 *state = taken.evolve(&parsed.event);
             }
         }
+        self.sync_policy(&state);
         Ok(state)
     }
 
@@ -122,7 +168,7 @@ impl Workflow {
     pub async fn execute(&self, command: Command, actor: Actor, seed: [u8; 16]) -> Result<Vec<Receipt>, WorkflowError> {
         let mut state = self.current().await?;
         let ctx = Context { actor, now: (self.clock)(), seed };
-        let drafts = decide(&state, self.policy.as_deref(), command, &ctx)?;
+        let drafts = decide(&state, self.policy().as_deref(), command, &ctx)?;
         let receipts = self.ledger.append_all(drafts).await?;
         // Fold what was just appended (and anything before it) while still holding the lock.
         drop(state);

@@ -40,6 +40,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/extensions/{id}/approve", post(approve_extension))
         .route("/v1/extensions/{id}/deny", post(deny_extension))
         .route("/v1/access", get(access))
+        .route("/v1/policy", get(show_policy).post(propose_policy))
+        .route("/v1/policy/{hash}/approve", post(approve_policy))
 }
 
 /// The authenticated actor, from `Authorization: Bearer <token>`.
@@ -571,4 +573,47 @@ async fn access(AxumState(state): Shared, headers: HeaderMap, RawQuery(raw): Raw
         .map(|g| json!({"grant_id": g.id.to_string(), "requester": g.requester, "access": g.target.access, "expires_at": g.expires_at.to_string(), "rbac": rbac_view(&g.rbac)}))
         .collect();
     Ok(Json(json!({"at": at.to_string(), "grants": holders})).into_response())
+}
+
+/// The policy in force and the proposals waiting for a second admin.
+async fn show_policy(AxumState(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&state, &headers)?;
+    let current = workflow(&state)?.current().await?;
+    let active = current.policy.as_ref().map(|(hash, text)| json!({"hash": hash, "text": text}));
+    let proposals: Vec<Value> = current
+        .proposals
+        .iter()
+        .map(|(hash, (text, by))| json!({"hash": hash, "proposed_by": by, "text": text}))
+        .collect();
+    Ok(Json(json!({"active": active, "proposals": proposals})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    text: String,
+}
+
+async fn propose_policy(
+    AxumState(state): Shared,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let actor = authenticate(&state, &headers)?;
+    let input: PolicyBody = body(&bytes)?;
+    let workflow = workflow(&state)?;
+    workflow.execute(Command::ProposePolicy { text: input.text.clone() }, actor, random_seed()).await?;
+    let hash = crate::policy::Policy::parse(&input.text).map(|p| p.hash_hex()).unwrap_or_default();
+    Ok((StatusCode::CREATED, Json(json!({"hash": hash, "status": "proposed"}))).into_response())
+}
+
+async fn approve_policy(
+    AxumState(state): Shared,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let actor = authenticate(&state, &headers)?;
+    let workflow = workflow(&state)?;
+    workflow.execute(Command::ApprovePolicy { hash: hash.clone() }, actor, random_seed()).await?;
+    Ok(Json(json!({"hash": hash, "status": "in force"})).into_response())
 }

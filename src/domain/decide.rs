@@ -96,6 +96,14 @@ pub enum Command {
         grant: GrantId,
         comment: String,
     },
+    /// An admin proposes a new policy (the text of the YAML file).
+    ProposePolicy {
+        text: String,
+    },
+    /// A second admin puts a proposed policy in force.
+    ApprovePolicy {
+        hash: String,
+    },
 }
 
 /// Why a command was refused. Each maps to one HTTP status at the edge.
@@ -393,6 +401,38 @@ pub fn decide(
                 basis: basis(rule, policy),
             };
             Ok(vec![draft(0, Payload::ExtensionDenied(decision))])
+        }
+        Command::ProposePolicy { text } => {
+            if !policy.is_admin(actor) && actor.via != "system" {
+                return Err(Rejection::Forbidden("only an admin of the policy in force can propose a policy".into()));
+            }
+            let proposed = Policy::parse(&text).map_err(|e| invalid("policy", e.to_string()))?;
+            let hash = proposed.hash_hex();
+            if hash == policy.hash_hex() {
+                return Err(Rejection::Conflict("this policy is already in force".into()));
+            }
+            if state.proposals.contains_key(&hash) {
+                return Err(Rejection::Conflict(format!("policy {hash} is already proposed")));
+            }
+            Ok(vec![draft(0, Payload::PolicyProposed(PolicyProposed { policy_hash: hash, text }))])
+        }
+        Command::ApprovePolicy { hash } => {
+            if !policy.is_admin(actor) {
+                return Err(Rejection::Forbidden("only an admin of the policy in force can approve a policy".into()));
+            }
+            let (text, proposer) =
+                state.proposals.get(&hash).ok_or_else(|| Rejection::NotFound(format!("no proposed policy {hash}")))?;
+            // Four eyes: the proposer never approves their own change.
+            if *proposer == actor.sub {
+                return Err(Rejection::Forbidden("a policy change needs a second admin: you proposed it".into()));
+            }
+            let loaded = PolicyLoaded {
+                policy_hash: hash,
+                text: text.clone(),
+                proposed_by: Some(proposer.clone()),
+                approved_by: Some(actor.sub.clone()),
+            };
+            Ok(vec![draft(0, Payload::PolicyLoaded(loaded))])
         }
         Command::ReviewBreakGlass { grant, comment } => {
             check_text("comment", &comment, MAX_COMMENT)?;

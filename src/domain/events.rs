@@ -145,11 +145,23 @@ pub struct GrantExtended {
     pub expires_at: String,
 }
 
-/// The policy the service loaded, recorded whole so a verifier can re-check
-/// every decision against the policy in force when it was made.
+/// A policy put in force, recorded whole so a verifier can re-check every
+/// decision against the policy in force when it was made. The first policy of
+/// a ledger is loaded by the service; every later one is a proposal approved
+/// by a second admin (`approved_by`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyLoaded {
+    pub policy_hash: String,
+    pub text: String,
+    pub proposed_by: Option<String>,
+    pub approved_by: Option<String>,
+}
+
+/// A policy change waiting for a second admin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyProposed {
     pub policy_hash: String,
     pub text: String,
 }
@@ -178,6 +190,7 @@ pub mod kind {
     pub const GRANT_EXTENDED: &str = "grant.extended";
     pub const BREAK_GLASS_REVIEWED: &str = "grant.break_glass_reviewed";
     pub const POLICY_LOADED: &str = "policy.loaded";
+    pub const POLICY_PROPOSED: &str = "policy.proposed";
 }
 
 /// A workflow event, typed.
@@ -198,6 +211,7 @@ pub enum Payload {
     GrantExtended(GrantExtended),
     BreakGlassReviewed(BreakGlassReviewed),
     PolicyLoaded(PolicyLoaded),
+    PolicyProposed(PolicyProposed),
 }
 
 impl Payload {
@@ -218,6 +232,7 @@ impl Payload {
             Payload::GrantExtended(_) => kind::GRANT_EXTENDED,
             Payload::BreakGlassReviewed(_) => kind::BREAK_GLASS_REVIEWED,
             Payload::PolicyLoaded(_) => kind::POLICY_LOADED,
+            Payload::PolicyProposed(_) => kind::POLICY_PROPOSED,
         }
     }
 
@@ -233,6 +248,7 @@ impl Payload {
             Payload::GrantExtended(d) => serde_json::to_value(d),
             Payload::BreakGlassReviewed(d) => serde_json::to_value(d),
             Payload::PolicyLoaded(d) => serde_json::to_value(d),
+            Payload::PolicyProposed(d) => serde_json::to_value(d),
         }
     }
 
@@ -270,6 +286,7 @@ impl Payload {
                 kind::GRANT_EXTENDED => Payload::GrantExtended(serde_json::from_value(v).ok()?),
                 kind::BREAK_GLASS_REVIEWED => Payload::BreakGlassReviewed(serde_json::from_value(v).ok()?),
                 kind::POLICY_LOADED => Payload::PolicyLoaded(serde_json::from_value(v).ok()?),
+                kind::POLICY_PROPOSED => Payload::PolicyProposed(serde_json::from_value(v).ok()?),
                 _ => return None,
             })
         };

@@ -134,8 +134,10 @@ pub struct State {
     pub extensions: BTreeMap<EventId, Extension>,
     /// Events folded (the next expected seq).
     pub size: u64,
-    /// The hash of the policy last recorded as loaded.
-    pub policy_hash: Option<String>,
+    /// The policy in force: its hash and text.
+    pub policy: Option<(String, String)>,
+    /// Proposed policies by hash: text and proposer.
+    pub proposals: BTreeMap<String, (String, String)>,
 }
 
 fn id(s: &str) -> Option<EventId> {
@@ -269,7 +271,11 @@ impl State {
                 self.grants.get_mut(&id(&d.grant_id)?)?.expires_at = ts(&d.expires_at)?;
             }
             Payload::PolicyLoaded(d) => {
-                self.policy_hash = Some(d.policy_hash);
+                self.proposals.remove(&d.policy_hash);
+                self.policy = Some((d.policy_hash, d.text));
+            }
+            Payload::PolicyProposed(d) => {
+                self.proposals.insert(d.policy_hash, (d.text, by));
             }
             Payload::BreakGlassReviewed(d) => {
                 self.grants.get_mut(&id(&d.grant_id)?)?.reviewed = Some(Approval { by, at, comment: Some(d.comment) });

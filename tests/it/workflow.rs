@@ -327,3 +327,44 @@ async fn the_scheduler_wakes_exactly_at_the_next_deadline_and_expires_what_passe
     drop(workflow);
     close(ledger, thread).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_policy_takes_effect_only_when_a_second_admin_approves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let original = s.workflow.policy().unwrap().hash_hex();
+
+    // A restart with an edited policy file only proposes it.
+    let edited = EXAMPLE_POLICY.replace("max_duration: 2h", "max_duration: 4h");
+    let edited_policy = Arc::new(Policy::parse(&edited).unwrap());
+    let restarted = Workflow::open(ledger.clone(), Some(Arc::clone(&edited_policy))).await.unwrap();
+    assert_eq!(restarted.policy().unwrap().hash_hex(), original, "the old policy stays in force");
+    let (status, shown) = s.call(Some("admin"), "GET", "/v1/policy", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["proposals"][0]["hash"], edited_policy.hash_hex());
+    assert_eq!(shown["proposals"][0]["proposed_by"], portcullis::workflow::CONFIG_PROPOSER);
+
+    // Requesters and broken policies are refused; a second admin puts it in force.
+    let path = format!("/v1/policy/{}/approve", edited_policy.hash_hex());
+    let (status, _) = s.call(Some("alice"), "POST", &path, None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, problem) =
+        s.call(Some("admin"), "POST", "/v1/policy", Some(json!({"text": "version: 1\nrules: [\n"})), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("line"), "{problem}");
+    let (status, approved) = s.call(Some("admin"), "POST", &path, None, None).await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(s.workflow.current().await.unwrap().policy.as_ref().unwrap().0, edited_policy.hash_hex());
+    assert_eq!(s.workflow.policy().unwrap().hash_hex(), edited_policy.hash_hex());
+
+    // The admin who proposes through the API cannot also approve.
+    let third = EXAMPLE_POLICY.replace("max_duration: 2h", "max_duration: 1h");
+    let (status, proposed) = s.call(Some("admin"), "POST", "/v1/policy", Some(json!({"text": third})), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{proposed}");
+    let path = format!("/v1/policy/{}/approve", proposed["hash"].as_str().unwrap());
+    let (status, own) = s.call(Some("admin"), "POST", &path, None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{own}");
+    drop((s, restarted));
+    close(ledger, thread).await;
+}
