@@ -14,7 +14,7 @@
 
 use crate::domain::decide::{Command, Context, Rejection, decide};
 use crate::domain::events::{Payload, PolicyLoaded};
-use crate::domain::state::State;
+use crate::domain::state::{Due, State};
 use crate::ledger::{AppendError, Ledger, Receipt};
 use crate::policy::Policy;
 use portcullis_format::event::{Actor, ParsedEntry};
@@ -227,7 +227,14 @@ pub struct Plan {
 /// The expirations due at `now`, and the time until the next deadline after
 /// them (an hour when there is none: a command wakes the scheduler anyway).
 pub fn plan(state: &State, now: Timestamp) -> Plan {
-    let due = state.due(now);
+    let due = state
+        .due(now)
+        .into_iter()
+        .map(|due| match due {
+            Due::Request(request) => Command::ExpireRequest { request },
+            Due::Grant(grant) => Command::ExpireGrant { grant },
+        })
+        .collect();
     let upcoming = state.next_deadline_after(now);
     let wait = upcoming.map_or(Duration::from_secs(3600), |deadline| {
         Duration::from_micros((deadline.unix_micros() - now.unix_micros()).max(0) as u64)

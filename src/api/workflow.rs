@@ -562,15 +562,14 @@ async fn access(AxumState(state): Shared, headers: HeaderMap, RawQuery(raw): Raw
     };
     let state = workflow(&state)?.current().await?;
     let holders: Vec<Value> = state
-        .grants
-        .values()
-        .filter(|g| g.active_at(at) && g.target.cluster == cluster && g.target.namespace == namespace && g.target.kind == kind)
-        .filter(|g| match &name {
-            // Named grants cover their names; grants on all objects cover every name.
-            Some(name) => g.target.names.is_empty() || g.target.names.contains(name),
-            None => true,
+        .access_at(&cluster, &namespace, kind, name.as_ref(), at)
+        .into_iter()
+        .map(|g| {
+            json!({
+                "grant_id": g.id.to_string(), "requester": g.requester, "access": g.target.access,
+                "expires_at": g.expires_at.to_string(), "rbac": rbac_view(&g.rbac),
+            })
         })
-        .map(|g| json!({"grant_id": g.id.to_string(), "requester": g.requester, "access": g.target.access, "expires_at": g.expires_at.to_string(), "rbac": rbac_view(&g.rbac)}))
         .collect();
     Ok(Json(json!({"at": at.to_string(), "grants": holders})).into_response())
 }

@@ -1,12 +1,10 @@
-//! The access workflow's domain core: value types, commands, events, state,
-//! `decide` and `evolve`. Pure: no clock, no I/O; time and identity come in
-//! with the command.
+//! The access workflow's domain core: `decide` over the state folded by
+//! the `portcullis-projections` crate. Pure: no clock, no I/O; time and
+//! identity come in with the command.
 
 pub mod decide;
-pub mod events;
-pub mod rbac;
-pub mod state;
-pub mod types;
+
+pub use portcullis_projections::{events, rbac, state, types};
 
 #[cfg(test)]
 mod tests;

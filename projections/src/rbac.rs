@@ -4,8 +4,8 @@
 //! object of the kind in the namespace. The rules are recorded in the grant
 //! event and shown to the requester, so nobody is misled about that.
 
-use super::events::RbacRule;
-use super::types::Target;
+use crate::events::RbacRule;
+use crate::types::Target;
 
 const NAMEABLE: [&str; 4] = ["get", "update", "patch", "delete"];
 
@@ -33,7 +33,7 @@ pub fn effective_rules(target: &Target) -> Vec<RbacRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::types::{Access, Kind, Name};
+    use crate::types::{Access, Kind, Name};
 
     #[test]
     fn named_edit_still_lists_and_watches_every_object_and_says_so() {

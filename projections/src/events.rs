@@ -2,7 +2,7 @@
 //! the ledger as the `data` of an [`EventDraft`] and come back out of it
 //! through [`DomainEvent::from_event`].
 
-use super::types::{Access, Kind, Name, Span, Target};
+use crate::types::{Access, Kind, Name, Span, Target};
 use portcullis_format::event::{Actor, Event, EventDraft, EventId};
 use portcullis_format::json::Json;
 use portcullis_format::time::Timestamp;
