@@ -1,6 +1,6 @@
 //! The workflow's events: one serde struct per kind, version 1. They enter
 //! the ledger as the `data` of an [`EventDraft`] and come back out of it
-//! through [`DomainEvent::from_event`].
+//! through [`Payload::from_event`].
 
 use crate::types::{Access, Kind, Name, Span, Target};
 use portcullis_format::event::{Actor, Event, EventDraft, EventId};
