@@ -5,6 +5,7 @@
 //! problem+json with a stable `type`; 5xx bodies never carry internals (the
 //! details go to the log).
 
+mod events;
 mod ledger;
 mod workflow;
 
@@ -39,6 +40,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(ledger::router())
         .merge(workflow::router())
+        .merge(events::router())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -45,7 +45,7 @@ pub fn router() -> Router<Arc<AppState>> {
 }
 
 /// The authenticated actor, from `Authorization: Bearer <token>`.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Actor, ApiError> {
+pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Actor, ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))?;

@@ -368,3 +368,44 @@ async fn a_changed_policy_takes_effect_only_when_a_second_admin_approves_it() {
     drop((s, restarted));
     close(ledger, thread).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_replays_from_a_cursor_then_follows_live_and_metrics_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let token = s.tokens["lead1"].clone();
+    let stream_request = Request::get("/v1/events?cursor=1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = s.router.clone().oneshot(stream_request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let mut next_frame = async |text: &mut String| {
+        let frame =
+            tokio::time::timeout(std::time::Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
+    };
+    while !text.contains("event: request.created") {
+        next_frame(&mut text).await;
+    }
+    assert!(text.contains("id: 1\n") && text.contains("event: policy.loaded"), "{text}");
+    assert!(!text.contains("id: 0\n"), "the cursor skips what came before");
+    // A new event arrives live.
+    let id = request["id"].as_str().unwrap();
+    s.call(Some("lead1"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    while !text.contains("event: request.approved") {
+        next_frame(&mut text).await;
+    }
+    assert!(text.contains("id: 3\n"), "{text}");
+
+    let response = s.router.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let metrics = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(metrics.contains("portcullis_requests{status=\"pending\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_ledger_entries 4"), "{metrics}");
+    drop(s);
+    close(ledger, thread).await;
+}
