@@ -28,7 +28,7 @@ fn sse_event(seq: u64, entry: &[u8]) -> SseEvent {
         Ok(parsed) => SseEvent::default()
             .id(seq.to_string())
             .event(parsed.event.draft.kind.clone())
-            .data(&String::from_utf8_lossy(parsed.json_line(entry))),
+            .data(String::from_utf8_lossy(parsed.json_line(entry))),
         Err(e) => SseEvent::default().id(seq.to_string()).event("unreadable").data(e.to_string()),
     }
 }
