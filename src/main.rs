@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use hyper::Method;
+use serde_json::Value;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -28,6 +31,19 @@ struct Common {
     /// Where the ledger database and the log key live [default: portcullis-data].
     #[arg(long, env = "PORTCULLIS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The server's URL [env PORTCULLIS_SERVER, client config file, default http://127.0.0.1:8480].
+    #[arg(long)]
+    server: Option<String>,
+    /// The bearer token [env PORTCULLIS_TOKEN, client config file].
+    #[arg(long)]
+    token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +132,119 @@ enum Command {
     RotateKey {
         #[command(flatten)]
         common: Common,
+    },
+    /// Ask for access (a client command: it calls the server).
+    Request {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        namespace: String,
+        /// ingresses, httproutes, grpcroutes or gateways.
+        #[arg(long)]
+        kind: String,
+        /// An object name (repeat for several; none: every object of the kind, where policy allows).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// view, edit or manage.
+        #[arg(long, default_value = "edit")]
+        access: String,
+        /// How long, from when access is granted: 30m, 2h, 1h30m.
+        #[arg(long)]
+        duration: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Self-grant under a break-glass rule (flagged, notified, reviewed later).
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// Approve a request.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Withdraw your own pending request.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List requests.
+    Requests {
+        /// pending, granted, denied, cancelled or expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List grants.
+    Grants {
+        /// Only active grants.
+        #[arg(long)]
+        active: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// End your grant early ("I'm done").
+    End {
+        grant: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask for more time on your grant.
+    Extend {
+        grant: String,
+        #[arg(long)]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take a grant away (approvers of its rule, admins).
+    Revoke {
+        grant: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Who could do what to an object at a time (default: now).
+    Access {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// RFC 3339 UTC with microseconds, e.g. 2026-11-28T10:00:00.000000Z.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Who the server says you are.
+    Whoami {
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Verify an export or a proof file offline (same as portcullis-verify).
     #[command(disable_help_flag = true)]
@@ -227,12 +356,171 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             portcullis::serve::promote_next_key(&config)?;
             println!("{new_vkey}");
         }
+        Command::Request { client, cluster, namespace, kind, names, access, duration, reason, ticket, break_glass } => {
+            let body = serde_json::json!({
+                "cluster": cluster, "namespace": namespace, "kind": kind, "names": names, "access": access,
+                "duration": duration, "reason": reason, "ticket": ticket, "break_glass": break_glass,
+            });
+            return client_call(&client, Method::POST, "/v1/requests".into(), Some(body), |v| {
+                portcullis::client::request_row(v)
+            })
+            .await;
+        }
+        Command::Approve { id, comment, client } => {
+            let path = format!("/v1/requests/{id}/approve");
+            return client_call(
+                &client,
+                Method::POST,
+                path,
+                Some(serde_json::json!({"comment": comment})),
+                decision_row,
+            )
+            .await;
+        }
+        Command::Deny { id, comment, client } => {
+            let path = format!("/v1/requests/{id}/deny");
+            return client_call(
+                &client,
+                Method::POST,
+                path,
+                Some(serde_json::json!({"comment": comment})),
+                decision_row,
+            )
+            .await;
+        }
+        Command::Cancel { id, client } => {
+            return client_call(&client, Method::POST, format!("/v1/requests/{id}/cancel"), None, decision_row).await;
+        }
+        Command::Requests { status, client } => {
+            let path = match status {
+                Some(status) => format!("/v1/requests?status={status}&limit=1000"),
+                None => "/v1/requests?limit=1000".into(),
+            };
+            return client_call(&client, Method::GET, path, None, |v| rows(v, portcullis::client::request_row)).await;
+        }
+        Command::Grants { active, client } => {
+            let path = if active { "/v1/grants?active=true&limit=1000" } else { "/v1/grants?limit=1000" };
+            return client_call(&client, Method::GET, path.into(), None, |v| rows(v, portcullis::client::grant_row))
+                .await;
+        }
+        Command::End { grant, comment, client } => {
+            let body = serde_json::json!({"comment": comment});
+            return client_call(
+                &client,
+                Method::POST,
+                format!("/v1/grants/{grant}/end"),
+                Some(body),
+                portcullis::client::grant_row,
+            )
+            .await;
+        }
+        Command::Extend { grant, duration, reason, client } => {
+            let body = serde_json::json!({"duration": duration, "reason": reason});
+            return client_call(
+                &client,
+                Method::POST,
+                format!("/v1/grants/{grant}/extend"),
+                Some(body),
+                portcullis::client::grant_row,
+            )
+            .await;
+        }
+        Command::Revoke { grant, reason, client } => {
+            let body = serde_json::json!({"reason": reason});
+            return client_call(
+                &client,
+                Method::POST,
+                format!("/v1/grants/{grant}/revoke"),
+                Some(body),
+                portcullis::client::grant_row,
+            )
+            .await;
+        }
+        Command::Access { cluster, namespace, kind, name, at, client } => {
+            let mut path = format!("/v1/access?cluster={cluster}&namespace={namespace}&kind={kind}");
+            if let Some(name) = name {
+                path.push_str(&format!("&name={name}"));
+            }
+            if let Some(at) = at {
+                path.push_str(&format!("&at={at}"));
+            }
+            return client_call(&client, Method::GET, path, None, |v| {
+                let grants = v["grants"].as_array().cloned().unwrap_or_default();
+                if grants.is_empty() {
+                    return format!("nobody had access at {}", v["at"].as_str().unwrap_or(""));
+                }
+                grants
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{}  {}  {} until {}",
+                            g["grant_id"].as_str().unwrap_or(""),
+                            g["requester"].as_str().unwrap_or(""),
+                            g["access"].as_str().unwrap_or(""),
+                            g["expires_at"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .await;
+        }
+        Command::Whoami { client } => {
+            return client_call(&client, Method::GET, "/v1/whoami".into(), None, |v| {
+                let groups: Vec<&str> =
+                    v["groups"].as_array().map(|g| g.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                format!("{} (groups: {}; admin: {})", v["sub"].as_str().unwrap_or(""), groups.join(", "), v["admin"])
+            })
+            .await;
+        }
         Command::Verify { args } => {
             let code = portcullis_verify::run(&args, &mut std::io::stdout(), &mut std::io::stderr());
             return Ok(ExitCode::from(code as u8));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one client call: prints a table row (or the JSON with `--json`) and
+/// maps failures to the documented exit codes.
+async fn client_call(
+    args: &ClientArgs,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    human: impl Fn(&Value) -> String,
+) -> anyhow::Result<ExitCode> {
+    let result = async {
+        let client = portcullis::client::Client::resolve(args.server.clone(), args.token.clone())?;
+        client.call(method, &path, body).await
+    }
+    .await;
+    match result {
+        Ok(value) if args.json => println!("{value}"),
+        Ok(value) => println!("{}", human(&value)),
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rows(page: &Value, row: fn(&Value) -> String) -> String {
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return "(none)".into();
+    }
+    items.iter().map(row).collect::<Vec<_>>().join("\n")
+}
+
+fn decision_row(value: &Value) -> String {
+    let mut out = portcullis::client::request_row(&value["request"]);
+    if value["grant"].is_object() {
+        out.push_str("\n");
+        out.push_str(&portcullis::client::grant_row(&value["grant"]));
+    }
+    out
 }
 
 async fn proof_file(ledger: &portcullis::ledger::Ledger, seq: u64) -> anyhow::Result<String> {

@@ -161,3 +161,87 @@ fn bad_flags_and_config_files_get_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no ledger"));
 }
+
+#[test]
+fn the_cli_client_runs_the_workflow_with_exit_codes_scripts_can_rely_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/policy.example.yaml");
+    let token = |sub: &str, groups: &str| {
+        let out = portcullis(&["token", "create", "--data-dir", "data", "--sub", sub, "--groups", groups], dir.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let alice = token("alice@example.com", "web");
+    let lead1 = token("lead1@example.com", "sre-leads");
+    let lead2 = token("lead2@example.com", "sre-leads");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir", "data", "--listen", &listen, "--policy", policy])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(port);
+    let server = format!("http://{listen}");
+    let client = |token: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("PORTCULLIS_SERVER", &server)
+            .env("PORTCULLIS_TOKEN", token)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = client(
+        &alice,
+        &[
+            "request",
+            "--cluster",
+            "prod",
+            "--namespace",
+            "shop-eu",
+            "--kind",
+            "ingresses",
+            "--name",
+            "storefront",
+            "--duration",
+            "30m",
+            "--reason",
+            "INC-4711: fix the TLS host",
+            "--ticket",
+            "INC-4711",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let request: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = request["id"].as_str().unwrap().to_string();
+
+    assert_eq!(client(&alice, &["approve", &id]).status.code(), Some(3), "no self-approval");
+    assert_eq!(client(&lead1, &["approve", &"0".repeat(32)]).status.code(), Some(4));
+    assert!(client(&lead1, &["approve", &id, "--comment", "ok"]).status.success());
+    let out = client(&lead2, &["approve", &id]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("active"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = client(&alice, &["grants", "--active", "--json"]);
+    let grants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let grant = grants["items"][0]["id"].as_str().unwrap().to_string();
+    assert!(String::from_utf8_lossy(&client(&alice, &["whoami"]).stdout).contains("alice@example.com"));
+    assert!(client(&alice, &["end", &grant]).status.success());
+    assert_eq!(client(&alice, &["end", &grant]).status.code(), Some(5), "already ended");
+    let bad = client(
+        &alice,
+        &["request", "--cluster", "prod", "--namespace", "Bad_NS", "--kind", "ingresses", "--duration", "30m"],
+    );
+    assert_eq!(bad.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("namespace"));
+    assert_eq!(client("pcs_wrong", &["whoami"]).status.code(), Some(3));
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(client(&alice, &["whoami"]).status.code(), Some(7), "server down");
+}
