@@ -517,7 +517,7 @@ fn rows(page: &Value, row: fn(&Value) -> String) -> String {
 fn decision_row(value: &Value) -> String {
     let mut out = portcullis::client::request_row(&value["request"]);
     if value["grant"].is_object() {
-        out.push_str("\n");
+        out.push('\n');
         out.push_str(&portcullis::client::grant_row(&value["grant"]));
     }
     out
