@@ -134,6 +134,49 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Follows the event stream from `cursor`, calling `each(id, kind, data)`
+    /// per event, until the server closes it.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn watch(&self, cursor: u64, mut each: impl FnMut(&str, &str, &str)) -> Result<(), ClientError> {
+        let network = |reason: String| ClientError::Network { server: self.base.clone(), reason };
+        let mut request =
+            Request::builder().method(Method::GET).uri(format!("{}/v1/events?cursor={cursor}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| ClientError::Usage(e.to_string()))?;
+        let response = self.http.request(request).await.map_err(|e| network(e.to_string()))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| network(e.to_string()))?.to_bytes();
+            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let detail = json["detail"].as_str().unwrap_or("").to_string();
+            return Err(ClientError::Refused { status, detail });
+        }
+        // Server-Sent Events: blocks of `field: value` lines separated by a blank line.
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| network(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.push_str(&String::from_utf8_lossy(&data));
+            while let Some(end) = pending.find("\n\n") {
+                let block: String = pending.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block.lines().find_map(|l| l.strip_prefix(name)).map(str::trim_start).unwrap_or("").to_string()
+                };
+                if !block.starts_with(':') {
+                    each(&field("id:"), &field("event:"), &field("data:"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A short table row of a request, for people.
 pub fn request_row(r: &Value) -> String {
     let t = &r["target"];

@@ -241,6 +241,14 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow the ledger's events as they are appended.
+    Watch {
+        /// Start at this entry (default: the beginning).
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Who the server says you are.
     Whoami {
         #[command(flatten)]
@@ -464,6 +472,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .join("\n")
             })
             .await;
+        }
+        Command::Watch { cursor, client } => {
+            let result = async {
+                let api = portcullis::client::Client::resolve(client.server.clone(), client.token.clone())?;
+                api.watch(cursor, |id, kind, data| {
+                    if client.json {
+                        println!("{data}");
+                    } else {
+                        let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                        println!(
+                            "{id:>8}  {}  {:<28} {}",
+                            event["ts"].as_str().unwrap_or(""),
+                            kind,
+                            event["actor"]["sub"].as_str().unwrap_or("")
+                        );
+                    }
+                })
+                .await
+            }
+            .await;
+            if let Err(e) = result {
+                eprintln!("portcullis: {e}");
+                return Ok(ExitCode::from(e.exit_code()));
+            }
         }
         Command::Whoami { client } => {
             return client_call(&client, Method::GET, "/v1/whoami".into(), None, |v| {

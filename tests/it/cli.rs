@@ -239,6 +239,24 @@ fn the_cli_client_runs_the_workflow_with_exit_codes_scripts_can_rely_on() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("namespace"));
     assert_eq!(client("pcs_wrong", &["whoami"]).status.code(), Some(3));
 
+    // `watch` replays the ledger and follows it.
+    let mut watch = Command::new(BIN)
+        .args(["watch", "--json"])
+        .env("PORTCULLIS_SERVER", &server)
+        .env("PORTCULLIS_TOKEN", &lead1)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let kinds: Vec<String> = lines
+        .map_while(Result::ok)
+        .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap()["kind"].as_str().unwrap().to_string())
+        .take_while(|kind| kind != "grant.ended")
+        .collect();
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert_eq!(kinds[..3], ["ledger.created", "policy.loaded", "request.created"], "{kinds:?}");
+
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
