@@ -10,6 +10,7 @@ use crate::domain::types::{Access, Kind, Name, Span, Target};
 use crate::workflow::{Workflow, WorkflowError, random_seed};
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -447,54 +448,69 @@ async fn cancel(AxumState(state): Shared, headers: HeaderMap, Path(id): Path<Str
     request_command(&state, &headers, &id, |request| Command::Cancel { request }).await
 }
 
+/// A command about a grant that carries a JSON body: authenticate, parse the
+/// id and the body, build the command, run it.
+async fn with_grant<T: for<'de> Deserialize<'de>>(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    bytes: &[u8],
+    make: impl FnOnce(EventId, T) -> Result<Command, ApiError>,
+) -> Result<Response, ApiError> {
+    authenticate(state, headers)?;
+    let grant = parse_id("grant", id)?;
+    let command = make(grant, body(bytes)?)?;
+    grant_command(state, headers, grant, command).await
+}
+
 async fn end(
     AxumState(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
-    let grant = parse_id("grant", &id)?;
-    let input: CommentBody = body(&bytes)?;
-    grant_command(&state, &headers, grant, Command::End { grant, comment: input.comment }).await
+    with_grant(&state, &headers, &id, &bytes, |grant, input: CommentBody| {
+        Ok(Command::End { grant, comment: input.comment })
+    })
+    .await
 }
 
 async fn revoke(
     AxumState(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
-    let grant = parse_id("grant", &id)?;
-    let input: ReasonBody = body(&bytes)?;
-    grant_command(&state, &headers, grant, Command::Revoke { grant, reason: input.reason }).await
+    with_grant(&state, &headers, &id, &bytes, |grant, input: ReasonBody| {
+        Ok(Command::Revoke { grant, reason: input.reason })
+    })
+    .await
 }
 
 async fn review(
     AxumState(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
-    let grant = parse_id("grant", &id)?;
-    let input: ReviewBody = body(&bytes)?;
-    grant_command(&state, &headers, grant, Command::ReviewBreakGlass { grant, comment: input.comment }).await
+    with_grant(&state, &headers, &id, &bytes, |grant, input: ReviewBody| {
+        Ok(Command::ReviewBreakGlass { grant, comment: input.comment })
+    })
+    .await
 }
 
 async fn extend(
     AxumState(state): Shared,
     headers: HeaderMap,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
-    let grant = parse_id("grant", &id)?;
-    let input: ExtendBody = body(&bytes)?;
-    let duration = Span::parse("duration", &input.duration)
-        .map_err(|e| ApiError::Unprocessable { field: e.field, reason: e.reason })?;
-    grant_command(&state, &headers, grant, Command::Extend { grant, duration, reason: input.reason }).await
+    with_grant(&state, &headers, &id, &bytes, |grant, input: ExtendBody| {
+        let duration = Span::parse("duration", &input.duration)
+            .map_err(|e| ApiError::Unprocessable { field: e.field, reason: e.reason })?;
+        Ok(Command::Extend { grant, duration, reason: input.reason })
+    })
+    .await
 }
 
 async fn extension_command(

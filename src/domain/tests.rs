@@ -8,28 +8,7 @@ use crate::policy::Policy;
 use portcullis_format::event::{Actor, Event, EventDraft};
 use portcullis_format::time::Timestamp;
 
-const POLICY: &str = r#"version: 1
-rules:
-  - name: prod-ingress-edit
-    match: {clusters: [prod], namespaces: ["shop-*"], kinds: [ingresses, httproutes], access: [view, edit]}
-    requesters: {groups: [web, sre]}
-    approvers: {groups: [sre-leads], min: 2}
-    max_duration: 2h
-    reason: {required: true, min_length: 10}
-    ticket: {required: true, pattern: "^INC-[0-9]+$"}
-    pending_ttl: 1h
-  - name: staging-self-service
-    match: {clusters: [staging], namespaces: ["*"], kinds: [ingresses], access: [view, edit]}
-    requesters: {groups: [engineering]}
-    auto_approve: true
-    max_duration: 8h
-  - name: break-glass
-    match: {clusters: [prod], namespaces: ["*"], kinds: [ingresses, httproutes], access: [edit]}
-    requesters: {groups: [oncall]}
-    max_duration: 30m
-    break_glass: {max_duration: 30m, notify: [security], review_within: 24h}
-admins: {groups: [platform-admins]}
-"#;
+const POLICY: &str = include_str!("../../schemas/policy.example.yaml");
 
 fn actor(sub: &str, groups: &[&str]) -> Actor {
     Actor { sub: sub.into(), groups: groups.iter().map(|g| g.to_string()).collect(), via: "token".into() }

@@ -42,19 +42,26 @@ fn wait_ready(port: u16) {
     panic!("the service did not become ready");
 }
 
-#[test]
-fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `portcullis serve` on `data` in `dir` and a free port, and waits until it is ready.
+fn spawn_serve(dir: &Path, extra: &[&str]) -> (std::process::Child, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir", "data", "--listen", &listen, "--origin", "portcullis.test/cli"])
-        .current_dir(dir.path())
+    let child = Command::new(BIN)
+        .args(["serve", "--data-dir", "data", "--listen", &listen])
+        .args(extra)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_ready(port);
+    (child, port)
+}
+
+#[test]
+fn serve_on_a_fresh_directory_then_sigterm_export_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = spawn_serve(dir.path(), &["--origin", "portcullis.test/cli"]);
 
     let (status, checkpoint) = get(port, "/checkpoint").unwrap();
     assert_eq!(status, 200);
@@ -174,17 +181,8 @@ fn the_cli_client_runs_the_workflow_with_exit_codes_scripts_can_rely_on() {
     let alice = token("alice@example.com", "web");
     let lead1 = token("lead1@example.com", "sre-leads");
     let lead2 = token("lead2@example.com", "sre-leads");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir", "data", "--listen", &listen, "--policy", policy])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_ready(port);
-    let server = format!("http://{listen}");
+    let (mut child, port) = spawn_serve(dir.path(), &["--policy", policy]);
+    let server = format!("http://127.0.0.1:{port}");
     let client = |token: &str, args: &[&str]| {
         Command::new(BIN)
             .args(args)

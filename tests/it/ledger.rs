@@ -2,6 +2,7 @@
 
 use portcullis::ledger::{AppendError, Ledger, LedgerConfig, LedgerError, SequencerThread, TailCheckError};
 use portcullis::store::sqlite::SqliteStore;
+use portcullis::store::{AppendBatch, KeyRecord, StoreError};
 use portcullis::store::{NodeReader, Store};
 use portcullis_format::checkpoint::SignedCheckpoint;
 use portcullis_format::event::{Actor, EventDraft, EventId, ParsedEntry};
@@ -12,6 +13,8 @@ use portcullis_format::note::SignerKey;
 use portcullis_format::verify::{Options, verify_export};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 pub fn signer(seed: u8) -> SignerKey {
     SignerKey::from_seed("portcullis.test/ledger", &[seed; 32]).unwrap()
@@ -196,44 +199,71 @@ async fn a_rotated_key_signs_from_the_next_entry_and_the_export_verifies_with_th
     assert_eq!(keys.iter().map(|k| k.from_seq).collect::<Vec<_>>(), vec![0, rotation.seq + 1]);
 }
 
-/// A store that fails every `fail_every`-th append, as a full disk or a lost
-/// connection would, and otherwise passes through to SQLite.
-struct FlakyStore {
+/// A store with faults injected on demand, over SQLite: every `fail_every`-th
+/// append fails (a full disk, a lost connection), the next append fails or
+/// panics (a backend bug), and the next `size()` reads fail.
+struct FaultyStore {
     inner: SqliteStore,
-    appends: std::sync::atomic::AtomicU64,
+    appends: AtomicU64,
     fail_every: u64,
+    fail_next_append: AtomicBool,
+    panic_next_append: AtomicBool,
+    failing_size_reads: AtomicU64,
 }
 
-impl Store for FlakyStore {
-    fn size(&self) -> Result<u64, portcullis::store::StoreError> {
+impl FaultyStore {
+    fn new(dir: &Path, fail_every: u64) -> FaultyStore {
+        FaultyStore {
+            inner: SqliteStore::open(&dir.join("ledger.db")).unwrap(),
+            appends: AtomicU64::new(0),
+            fail_every,
+            fail_next_append: AtomicBool::new(false),
+            panic_next_append: AtomicBool::new(false),
+            failing_size_reads: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Store for FaultyStore {
+    fn size(&self) -> Result<u64, StoreError> {
+        let failing = self.failing_size_reads.load(SeqCst);
+        if failing > 0 {
+            self.failing_size_reads.store(failing - 1, SeqCst);
+            return Err(StoreError::Corrupt("injected read failure".into()));
+        }
         self.inner.size()
     }
-    fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
-        let n = self.appends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if n > 0 && n.is_multiple_of(self.fail_every) {
-            return Err(portcullis::store::StoreError::Corrupt("injected failure".into()));
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError> {
+        if self.panic_next_append.swap(false, SeqCst) {
+            panic!("injected panic in the store's append");
+        }
+        let n = self.appends.fetch_add(1, SeqCst);
+        if self.fail_next_append.swap(false, SeqCst)
+            || (self.fail_every > 0 && n > 0 && n.is_multiple_of(self.fail_every))
+        {
+            return Err(StoreError::Corrupt("injected append failure".into()));
         }
         self.inner.append(batch)
     }
-    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, portcullis::store::StoreError> {
+    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, StoreError> {
         self.inner.entries(from, limit)
     }
-    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, portcullis::store::StoreError> {
+    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, StoreError> {
         self.inner.node(level, index)
     }
-    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, portcullis::store::StoreError> {
+    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, StoreError> {
         self.inner.nodes(level, from, count)
     }
-    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), portcullis::store::StoreError> {
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         self.inner.put_checkpoint(size, note)
     }
-    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, portcullis::store::StoreError> {
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         self.inner.latest_checkpoint()
     }
-    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, portcullis::store::StoreError> {
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError> {
         self.inner.checkpoint_at(size)
     }
-    fn keys(&self) -> Result<Vec<portcullis::store::KeyRecord>, portcullis::store::StoreError> {
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.keys()
     }
 }
@@ -241,11 +271,7 @@ impl Store for FlakyStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commits_are_never_acknowledged_and_the_chain_stays_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FlakyStore {
-        inner: SqliteStore::open(&dir.path().join("ledger.db")).unwrap(),
-        appends: std::sync::atomic::AtomicU64::new(0),
-        fail_every: 3,
-    };
+    let store = FaultyStore::new(dir.path(), 3);
     let config = LedgerConfig { max_batch: 16, ..LedgerConfig::default() };
     let (ledger, thread) = Ledger::open(Arc::new(store), signer(1), config).unwrap();
     let mut tasks = Vec::new();
@@ -290,52 +316,6 @@ async fn failed_commits_are_never_acknowledged_and_the_chain_stays_whole() {
     verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap();
 }
 
-/// A store whose next append fails and whose next `size()` reads fail, on demand:
-/// a commit lost to a failing disk, and the reads right after it failing too.
-struct FailingReloadStore {
-    inner: SqliteStore,
-    fail_next_append: std::sync::atomic::AtomicBool,
-    failing_size_reads: std::sync::atomic::AtomicU64,
-}
-
-impl Store for FailingReloadStore {
-    fn size(&self) -> Result<u64, portcullis::store::StoreError> {
-        let failing = self.failing_size_reads.load(std::sync::atomic::Ordering::SeqCst);
-        if failing > 0 {
-            self.failing_size_reads.store(failing - 1, std::sync::atomic::Ordering::SeqCst);
-            return Err(portcullis::store::StoreError::Corrupt("injected read failure".into()));
-        }
-        self.inner.size()
-    }
-    fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
-        if self.fail_next_append.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(portcullis::store::StoreError::Corrupt("injected append failure".into()));
-        }
-        self.inner.append(batch)
-    }
-    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, portcullis::store::StoreError> {
-        self.inner.entries(from, limit)
-    }
-    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, portcullis::store::StoreError> {
-        self.inner.node(level, index)
-    }
-    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, portcullis::store::StoreError> {
-        self.inner.nodes(level, from, count)
-    }
-    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), portcullis::store::StoreError> {
-        self.inner.put_checkpoint(size, note)
-    }
-    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, portcullis::store::StoreError> {
-        self.inner.latest_checkpoint()
-    }
-    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, portcullis::store::StoreError> {
-        self.inner.checkpoint_at(size)
-    }
-    fn keys(&self) -> Result<Vec<portcullis::store::KeyRecord>, portcullis::store::StoreError> {
-        self.inner.keys()
-    }
-}
-
 /// Regression: after a failed append, a reload that failed too left the
 /// sequencer's state holding the lost entries, and the next checkpoint signed
 /// that tree: a signed checkpoint inconsistent with every later one (a fork
@@ -343,11 +323,7 @@ impl Store for FailingReloadStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_checkpoint_is_signed_over_a_failed_append_when_the_reload_fails_too() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingReloadStore {
-        inner: SqliteStore::open(&dir.path().join("ledger.db")).unwrap(),
-        fail_next_append: std::sync::atomic::AtomicBool::new(false),
-        failing_size_reads: std::sync::atomic::AtomicU64::new(0),
-    });
+    let store = Arc::new(FaultyStore::new(dir.path(), 0));
     let (ledger, thread) =
         Ledger::open(Arc::clone(&store) as Arc<dyn Store>, signer(1), LedgerConfig::default()).unwrap();
     for i in 0..3 {
@@ -357,8 +333,8 @@ async fn no_checkpoint_is_signed_over_a_failed_append_when_the_reload_fails_too(
     assert_eq!(durable, 4);
 
     // Given an append whose commit fails, and a store that cannot be read right after.
-    store.fail_next_append.store(true, std::sync::atomic::Ordering::SeqCst);
-    store.failing_size_reads.store(2, std::sync::atomic::Ordering::SeqCst);
+    store.fail_next_append.store(true, SeqCst);
+    store.failing_size_reads.store(2, SeqCst);
     assert!(matches!(ledger.append(draft(3)).await, Err(AppendError::Store(_))));
 
     // When a checkpoint is asked for: it is refused, or it is of the durable tree.
@@ -410,62 +386,20 @@ async fn a_negative_seq_in_a_hostile_database_is_refused_not_a_panic() {
     assert!(err.to_string().contains("seq -1"), "{err}");
 }
 
-/// A store whose append panics once, on demand: a bug or an allocation failure in a backend.
-struct PanickingStore {
-    inner: SqliteStore,
-    panic_next_append: std::sync::atomic::AtomicBool,
-}
-
-impl Store for PanickingStore {
-    fn size(&self) -> Result<u64, portcullis::store::StoreError> {
-        self.inner.size()
-    }
-    fn append(&self, batch: &portcullis::store::AppendBatch) -> Result<(), portcullis::store::StoreError> {
-        if self.panic_next_append.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            panic!("injected panic in the store's append");
-        }
-        self.inner.append(batch)
-    }
-    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, portcullis::store::StoreError> {
-        self.inner.entries(from, limit)
-    }
-    fn node(&self, level: u8, index: u64) -> Result<merkle::Hash, portcullis::store::StoreError> {
-        self.inner.node(level, index)
-    }
-    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<merkle::Hash>, portcullis::store::StoreError> {
-        self.inner.nodes(level, from, count)
-    }
-    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), portcullis::store::StoreError> {
-        self.inner.put_checkpoint(size, note)
-    }
-    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, portcullis::store::StoreError> {
-        self.inner.latest_checkpoint()
-    }
-    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, portcullis::store::StoreError> {
-        self.inner.checkpoint_at(size)
-    }
-    fn keys(&self) -> Result<Vec<portcullis::store::KeyRecord>, portcullis::store::StoreError> {
-        self.inner.keys()
-    }
-}
-
 /// Regression: when the writer thread died (a panic in the store) holding a
 /// batch, the sequencer's barrier failed silently, the state still held the
 /// batch, and the next checkpoint signed a tree whose entries were never stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_checkpoint_is_signed_over_a_batch_the_writer_died_with() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(PanickingStore {
-        inner: SqliteStore::open(&dir.path().join("ledger.db")).unwrap(),
-        panic_next_append: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyStore::new(dir.path(), 0));
     let (ledger, thread) =
         Ledger::open(Arc::clone(&store) as Arc<dyn Store>, signer(1), LedgerConfig::default()).unwrap();
     ledger.append(draft(0)).await.unwrap();
     let durable = ledger.head().size;
 
     // Given an append during which the writer thread dies.
-    store.panic_next_append.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.panic_next_append.store(true, SeqCst);
     assert!(ledger.append(draft(1)).await.is_err(), "an append the writer died with is not acknowledged");
 
     // Then a checkpoint, if one is signed at all, is of what the store holds.
