@@ -374,28 +374,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await;
         }
-        Command::Approve { id, comment, client } => {
-            let path = format!("/v1/requests/{id}/approve");
-            return client_call(
-                &client,
-                Method::POST,
-                path,
-                Some(serde_json::json!({"comment": comment})),
-                decision_row,
-            )
-            .await;
-        }
-        Command::Deny { id, comment, client } => {
-            let path = format!("/v1/requests/{id}/deny");
-            return client_call(
-                &client,
-                Method::POST,
-                path,
-                Some(serde_json::json!({"comment": comment})),
-                decision_row,
-            )
-            .await;
-        }
+        Command::Approve { id, comment, client } => return decide_request(&client, &id, "approve", comment).await,
+        Command::Deny { id, comment, client } => return decide_request(&client, &id, "deny", comment).await,
         Command::Cancel { id, client } => {
             return client_call(&client, Method::POST, format!("/v1/requests/{id}/cancel"), None, decision_row).await;
         }
@@ -536,6 +516,17 @@ async fn client_call(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `approve` or `deny` a request, with an optional comment.
+async fn decide_request(
+    client: &ClientArgs,
+    id: &str,
+    verb: &str,
+    comment: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "comment": comment });
+    client_call(client, Method::POST, format!("/v1/requests/{id}/{verb}"), Some(body), decision_row).await
 }
 
 fn rows(page: &Value, row: fn(&Value) -> String) -> String {
