@@ -7,6 +7,7 @@
 
 mod events;
 mod ledger;
+pub mod openapi;
 mod workflow;
 
 use crate::auth::Tokens;
@@ -41,6 +42,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(ledger::router())
         .merge(workflow::router())
         .merge(events::router())
+        .route("/v1/openapi.json", axum::routing::get(|| async { axum::Json(openapi::document()) }))
+        .fallback(|| async { ApiError::NoRoute })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -69,6 +72,9 @@ pub enum ApiError {
     /// 503: the ledger is shutting down or its store is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// 404: no such route (method and path).
+    #[error("no such route; see /v1/openapi.json")]
+    NoRoute,
     /// 500: anything else. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -78,6 +84,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such route"),
             ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid-parameter", "Invalid parameter"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),

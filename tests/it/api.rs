@@ -151,3 +151,47 @@ async fn a_tile_above_level_7_is_not_found_instead_of_a_shift_overflow() {
     assert_eq!(status, StatusCode::OK, "the one real tile is still served");
     close(ledger, thread).await;
 }
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_the_served_one_and_names_only_real_routes() {
+    let generated = serde_json::to_string_pretty(&portcullis::api::openapi::document()).unwrap() + "\n";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json");
+    if std::env::var_os("PORTCULLIS_REGENERATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "schemas/openapi.json drifted from the code; regenerate with PORTCULLIS_REGENERATE_OPENAPI=1"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let router = app(Arc::new(AppState::ledger_only(ledger.clone())));
+    let (status, _, served) = call(&router, "/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&served).unwrap(), portcullis::api::openapi::document());
+    for operation in portcullis::api::openapi::OPERATIONS {
+        let path = operation
+            .path
+            .replace("{path}", "0/000")
+            .replace("{seq}", "0")
+            .replace("{hash}", "00")
+            .replace("{id}", &"0".repeat(32));
+        let request =
+            Request::builder().method(operation.method.to_uppercase().as_str()).uri(&path).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(status != StatusCode::METHOD_NOT_ALLOWED, "{} {path}: {status}", operation.method);
+        assert!(
+            !String::from_utf8_lossy(&body).contains("no-route"),
+            "{} {path} is documented but not routed",
+            operation.method
+        );
+    }
+    let (status, _, body) = call(&router, "/v1/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("urn:portcullis:problem:no-route"));
+    close(ledger, thread).await;
+}
