@@ -178,6 +178,32 @@ fn string() -> Value {
     json!({"type": "string"})
 }
 
+const LABEL: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+const SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+const DURATION: &str = "^([1-9][0-9]{0,2}d)?([1-9][0-9]{0,3}h)?([1-9][0-9]{0,4}m)?([1-9][0-9]{0,5}s)?$";
+/// Free text: no control characters but newline (what the handlers refuse).
+const TEXT: &str = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*$";
+const KINDS: [&str; 4] = ["ingresses", "httproutes", "grpcroutes", "gateways"];
+
+/// The schema of a path or query parameter, by name: what the handlers accept.
+fn parameter_schema(name: &str) -> Value {
+    match name {
+        "id" => json!({"type": "string", "pattern": "^[0-9a-f]{32}$"}),
+        "hash" => json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+        "seq" | "cursor" | "index" | "size" | "old" | "new" => json!({"type": "string", "pattern": "^[0-9]{1,15}$"}),
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        "status" => json!({"enum": ["pending", "granted", "denied", "cancelled", "expired"]}),
+        "active" => json!({"enum": ["true", "false"]}),
+        "cluster" | "namespace" => json!({"type": "string", "pattern": LABEL}),
+        "name" => json!({"type": "string", "pattern": SUBDOMAIN, "maxLength": 253}),
+        "kind" => json!({"enum": KINDS}),
+        "at" => {
+            json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$"})
+        }
+        _ => string(),
+    }
+}
+
 fn nullable_string() -> Value {
     json!({"type": ["string", "null"]})
 }
@@ -209,15 +235,16 @@ fn schemas() -> Value {
         "Text": string(),
         "Binary": {"type": "string", "contentEncoding": "binary"},
         "OpenApi": {"type": "object"},
-        "EventStream": string(),
+        "EventStream": {"type": "object", "description": "each event's data is the canonical JSON of a ledger event"},
         "Approval": approval,
         "Target": target,
         "NewRequest": object(json!({
-            "cluster": string(), "namespace": string(), "kind": string(),
-            "names": {"type": "array", "items": string(), "maxItems": 32},
+            "cluster": {"type": "string", "pattern": LABEL}, "namespace": {"type": "string", "pattern": LABEL},
+            "kind": {"enum": KINDS},
+            "names": {"type": "array", "items": {"type": "string", "pattern": SUBDOMAIN, "maxLength": 253}, "maxItems": 32},
             "access": {"enum": ["view", "edit", "manage"]},
-            "duration": {"type": "string", "examples": ["30m", "2h", "1h30m"]},
-            "reason": {"type": "string", "maxLength": 1000},
+            "duration": {"type": "string", "pattern": DURATION, "minLength": 2, "examples": ["30m", "2h", "1h30m"]},
+            "reason": {"type": "string", "maxLength": 1000, "pattern": TEXT},
             "ticket": {"type": ["string", "null"], "maxLength": 100},
             "break_glass": {"type": "boolean"},
         }), &["cluster", "namespace", "kind", "access", "duration"]),
@@ -241,10 +268,10 @@ fn schemas() -> Value {
         "Decision": open_object(json!({"request": {"$ref": "#/components/schemas/Request"}, "grant": {"oneOf": [{"$ref": "#/components/schemas/Grant"}, {"type": "null"}]}})),
         "RequestPage": page("Request"),
         "GrantPage": page("Grant"),
-        "Comment": object(json!({"comment": {"type": ["string", "null"], "maxLength": 1000}}), &[]),
-        "Reason": object(json!({"reason": {"type": "string", "maxLength": 1000}}), &["reason"]),
-        "Review": object(json!({"comment": {"type": "string", "maxLength": 1000}}), &["comment"]),
-        "Extend": object(json!({"duration": string(), "reason": {"type": "string", "maxLength": 1000}}), &["duration", "reason"]),
+        "Comment": object(json!({"comment": {"type": ["string", "null"], "maxLength": 1000, "pattern": TEXT}}), &[]),
+        "Reason": object(json!({"reason": {"type": "string", "maxLength": 1000, "pattern": TEXT}}), &["reason"]),
+        "Review": object(json!({"comment": {"type": "string", "maxLength": 1000, "pattern": TEXT}}), &["comment"]),
+        "Extend": object(json!({"duration": string(), "reason": {"type": "string", "maxLength": 1000, "pattern": TEXT}}), &["duration", "reason"]),
         "PolicyText": object(json!({"text": string()}), &["text"]),
         "PolicyStatus": open_object(json!({"hash": string(), "status": string()})),
         "Policy": open_object(json!({"active": {"type": ["object", "null"]}, "proposals": {"type": "array", "items": {"type": "object"}}})),
@@ -275,13 +302,13 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": string()}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": parameter_schema(name)}))
             .collect();
         parameters.extend(
             operation
                 .query
                 .iter()
-                .map(|(name, required)| json!({"name": name, "in": "query", "required": required, "schema": string()})),
+                .map(|(name, required)| json!({"name": name, "in": "query", "required": required, "schema": parameter_schema(name)})),
         );
         if operation.id == "createRequest" {
             parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 200}}));
