@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub checkpoint_interval_secs: Option<u64>,
     pub policy: Option<PathBuf>,
     pub tokens: Option<PathBuf>,
+    /// Outbound webhooks (`[[webhooks]]` tables); see `notify`.
+    pub webhooks: Option<Vec<crate::notify::Webhook>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,7 @@ pub struct ServeConfig {
     pub checkpoint_interval_secs: u64,
     pub policy: Option<PathBuf>,
     tokens: Option<PathBuf>,
+    pub webhooks: Vec<crate::notify::Webhook>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
@@ -80,7 +83,11 @@ pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 /// # Errors
 /// [`ConfigError::Invalid`] for out-of-range values.
 pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
-    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens } = flags;
+    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens, webhooks: _ } = flags;
+    let webhooks = file.webhooks.clone().unwrap_or_default();
+    for webhook in &webhooks {
+        webhook.validate().map_err(ConfigError::Invalid)?;
+    }
     let interval = checkpoint_interval_secs.or(file.checkpoint_interval_secs).unwrap_or(1);
     if !(1..=86_400).contains(&interval) {
         return Err(ConfigError::Invalid(format!("checkpoint_interval_secs must be 1 to 86400, not {interval}")));
@@ -100,5 +107,6 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         checkpoint_interval_secs: interval,
         policy: policy.or(file.policy),
         tokens: tokens.or(file.tokens),
+        webhooks,
     })
 }

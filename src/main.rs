@@ -290,7 +290,15 @@ async fn close(ledger: portcullis::ledger::Ledger, thread: portcullis::ledger::S
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { common, listen, origin, checkpoint_interval_secs, policy, tokens } => {
-            let flags = config::FileConfig { data_dir: None, listen, origin, checkpoint_interval_secs, policy, tokens };
+            let flags = config::FileConfig {
+                data_dir: None,
+                listen,
+                origin,
+                checkpoint_interval_secs,
+                policy,
+                tokens,
+                webhooks: None,
+            };
             let config = serve_config(&common, flags)?;
             portcullis::serve::serve(config).await?;
         }

@@ -190,7 +190,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             let _ = writeln!(out, "  tokens:       {}", config.tokens_path().display());
         }
         let _ = writeln!(out, "  not configured: clusters (no reconciler runs: grants are recorded, not applied),");
-        let _ = writeln!(out, "                  OIDC identity provider (static tokens only), webhooks");
+        let _ = writeln!(out, "                  OIDC identity provider (static tokens only)");
+        if config.webhooks.is_empty() {
+            let _ = writeln!(out, "  webhooks:     none ([[webhooks]] in the config file)");
+        } else {
+            let _ = writeln!(out, "  webhooks:     {} (signed with HMAC-SHA256, retried)", config.webhooks.len());
+        }
         let _ = out.flush();
     }
     let checkpointer =
@@ -209,11 +214,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     let scheduler = workflow.clone().map(|w| tokio::spawn(w.run_scheduler()));
+    let notifier = (!config.webhooks.is_empty()).then(|| {
+        let cursor = config.data_dir.join("webhooks.cursor");
+        tokio::spawn(crate::notify::run(ledger.clone(), config.webhooks.clone(), cursor))
+    });
     let state = Arc::new(AppState { ledger: ledger.clone(), workflow, tokens });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
-    if let Some(scheduler) = scheduler {
-        scheduler.abort();
+    for task in [scheduler, notifier].into_iter().flatten() {
+        task.abort();
     }
     ledger.close().await;
     checkpointer.abort();

@@ -409,3 +409,62 @@ async fn the_event_stream_replays_from_a_cursor_then_follows_live_and_metrics_co
     drop(s);
     close(ledger, thread).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_deliver_signed_events_and_resume_from_their_cursor() {
+    use axum::http::HeaderMap;
+    let received: Arc<tokio::sync::Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let failures = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = Arc::clone(&failures);
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sink = Arc::clone(&sink);
+            let flag = Arc::clone(&flag);
+            async move {
+                // The first delivery fails once: the notifier must retry it.
+                if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                sink.lock().await.push((headers, body.to_vec()));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let secret = "a-secret-of-at-least-16-characters";
+    let webhook = portcullis::notify::Webhook {
+        url: format!("http://{address}/hook"),
+        secret: secret.into(),
+        format: portcullis::notify::Format::Generic,
+        events: vec![],
+    };
+    let cursor = dir.path().join("webhooks.cursor");
+    let notifier = tokio::spawn(portcullis::notify::run(ledger.clone(), vec![webhook], cursor.clone()));
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let mut waited = 0;
+    while received.lock().await.is_empty() && waited < 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    let deliveries = received.lock().await.clone();
+    assert_eq!(deliveries.len(), 1, "one delivery after one retry; ledger.created and policy.loaded are not sent");
+    let (headers, body) = &deliveries[0];
+    assert_eq!(headers["x-portcullis-event"], "request.created");
+    assert_eq!(headers["x-portcullis-delivery"], request["id"].as_str().unwrap());
+    assert_eq!(headers["x-portcullis-signature"].to_str().unwrap(), portcullis::notify::signature(secret, body));
+    let payload: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(payload["event"]["data"]["reason"], "INC-4711: fix the TLS host");
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap().trim(), "3");
+    notifier.abort();
+    server.abort();
+    drop(s);
+    close(ledger, thread).await;
+}

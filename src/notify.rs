@@ -1,0 +1,219 @@
+//! Outbound webhooks: every workflow event of interest is POSTed to the
+//! configured URLs, signed with HMAC-SHA256, retried with backoff, and never
+//! in the way of a command: the notifier follows the ledger on its own task,
+//! from a cursor it keeps in a file, so a restart resumes where it stopped
+//! (deliveries are at least once; receivers dedupe by `X-Portcullis-Delivery`).
+//!
+//! ```toml
+//! [[webhooks]]
+//! url = "http://chat-bridge.internal:8080/portcullis"
+//! secret = "a long random string"          # signs every body: X-Portcullis-Signature: sha256=<hex>
+//! format = "generic"                       # or "slack": {"text": "..."}
+//! events = ["request.created", "grant.activated"]   # default: requests, decisions, grants, revocations
+//! ```
+
+use crate::ledger::Ledger;
+use hmac::{Hmac, Mac};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_format::event::ParsedEntry;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The events sent when a webhook lists none.
+pub const DEFAULT_EVENTS: &[&str] = &[
+    "request.created",
+    "request.approved",
+    "request.denied",
+    "request.expired",
+    "grant.activated",
+    "grant.ended",
+    "grant.revoked",
+    "grant.expired",
+    "grant.extended",
+];
+
+/// Attempts per delivery before it is given up (and logged).
+pub const MAX_ATTEMPTS: u32 = 6;
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: String,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Generic,
+    Slack,
+}
+
+impl Webhook {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A sentence naming the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.url.starts_with("http://") || self.url.parse::<hyper::Uri>().is_err() {
+            return Err(format!("webhook url {:?} must be an http:// URL (TLS is not built in yet)", self.url));
+        }
+        if self.secret.len() < 16 {
+            return Err(format!("webhook {}: the secret must be at least 16 characters", self.url));
+        }
+        Ok(())
+    }
+
+    fn wants(&self, kind: &str) -> bool {
+        if self.events.is_empty() { DEFAULT_EVENTS.contains(&kind) } else { self.events.iter().any(|e| e == kind) }
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!("sha256={}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The body sent for an event.
+fn payload(format: Format, seq: u64, event: &Value) -> Value {
+    match format {
+        Format::Generic => json!({"seq": seq, "event": event}),
+        Format::Slack => {
+            let data = &event["data"];
+            let target = &data["target"];
+            let what = if target.is_object() {
+                format!(
+                    " {} {}/{}/{}",
+                    target["access"].as_str().unwrap_or(""),
+                    target["cluster"].as_str().unwrap_or(""),
+                    target["namespace"].as_str().unwrap_or(""),
+                    target["kind"].as_str().unwrap_or("")
+                )
+            } else {
+                String::new()
+            };
+            let reason = data["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+            json!({"text": format!("Portcullis {} by {}{what}{reason} (entry {seq})", event["kind"].as_str().unwrap_or(""), event["actor"]["sub"].as_str().unwrap_or(""))})
+        }
+    }
+}
+
+/// Follows the ledger and delivers events to the webhooks. Runs until the ledger closes.
+pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
+    let client: HyperClient<HttpConnector, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let webhooks = Arc::new(webhooks);
+    let mut next: u64 = std::fs::read_to_string(&cursor_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let mut head = ledger.watch_head();
+    loop {
+        while ledger.head().size > next {
+            let store = Arc::clone(ledger.store());
+            let from = next;
+            let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.entries(from, 256)).await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            for entry in entries {
+                if let Ok(parsed) = ParsedEntry::parse(&entry) {
+                    let kind = parsed.event.draft.kind.clone();
+                    let event: Value = serde_json::from_slice(parsed.json_line(&entry)).unwrap_or(Value::Null);
+                    for webhook in webhooks.iter().filter(|w| w.wants(&kind)) {
+                        deliver(&client, webhook, next, &parsed.event.draft.id.to_string(), &kind, &event).await;
+                    }
+                }
+                next += 1;
+                // The cursor is written after the deliveries: at least once, never lost.
+                if let Err(e) = std::fs::write(&cursor_file, format!("{next}\n")) {
+                    tracing::warn!("webhooks: cannot save the cursor to {}: {e}", cursor_file.display());
+                }
+            }
+        }
+        if head.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One delivery, retried with exponential backoff (1 s, 2 s, 4 s, ...).
+async fn deliver(
+    client: &HyperClient<HttpConnector, Full<Bytes>>,
+    webhook: &Webhook,
+    seq: u64,
+    id: &str,
+    kind: &str,
+    event: &Value,
+) {
+    let body = payload(webhook.format, seq, event).to_string();
+    let signature = signature(&webhook.secret, body.as_bytes());
+    let mut wait = Duration::from_secs(1);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let request = hyper::Request::post(&webhook.url)
+            .header("content-type", "application/json")
+            .header("x-portcullis-event", kind)
+            .header("x-portcullis-delivery", id)
+            .header("x-portcullis-signature", &signature)
+            .body(Full::new(Bytes::from(body.clone())));
+        let Ok(request) = request else {
+            tracing::warn!("webhook {}: cannot build the request", webhook.url);
+            return;
+        };
+        match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => return,
+            Ok(Ok(response)) => tracing::warn!(
+                "webhook {}: entry {seq}: answered {} (attempt {attempt})",
+                webhook.url,
+                response.status()
+            ),
+            Ok(Err(e)) => tracing::warn!("webhook {}: entry {seq}: {e} (attempt {attempt})", webhook.url),
+            Err(_) => tracing::warn!("webhook {}: entry {seq}: no answer in 10 s (attempt {attempt})", webhook.url),
+        }
+        if attempt < MAX_ATTEMPTS {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
+    }
+    tracing::error!("webhook {}: entry {seq} ({kind}) given up after {MAX_ATTEMPTS} attempts", webhook.url);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn short_secrets_and_other_schemes_are_refused() {
+        let hook = |url: &str, secret: &str| Webhook {
+            url: url.into(),
+            secret: secret.into(),
+            format: Format::Generic,
+            events: vec![],
+        };
+        assert!(hook("http://127.0.0.1:9/x", "0123456789abcdef").validate().is_ok());
+        assert!(hook("https://example.com/x", "0123456789abcdef").validate().is_err());
+        assert!(hook("http://127.0.0.1:9/x", "short").validate().is_err());
+    }
+}
