@@ -413,7 +413,8 @@ async fn the_event_stream_replays_from_a_cursor_then_follows_live_and_metrics_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_deliver_signed_events_and_resume_from_their_cursor() {
     use axum::http::HeaderMap;
-    let received: Arc<tokio::sync::Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    type Deliveries = Arc<tokio::sync::Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+    let received: Deliveries = Arc::default();
     let sink = Arc::clone(&received);
     let failures = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = Arc::clone(&failures);
