@@ -269,6 +269,17 @@ fn list_query(raw: Option<String>, filter_name: &'static str) -> Result<ListQuer
     Ok(ListQuery { filter: get(filter_name), cursor, limit: limit as usize })
 }
 
+/// The `count` items with the lowest seq, in order; views are built only for them.
+fn first_by_seq<'a, T>(items: impl Iterator<Item = &'a T>, seq: impl Fn(&T) -> u64, count: usize) -> Vec<&'a T> {
+    let mut items: Vec<&T> = items.collect();
+    if items.len() > count {
+        items.select_nth_unstable_by_key(count, |item| seq(item));
+        items.truncate(count);
+    }
+    items.sort_by_key(|item| seq(item));
+    items
+}
+
 fn page(items: Vec<(u64, Value)>, limit: usize) -> Value {
     let next = (items.len() > limit).then(|| items[limit].0.to_string());
     json!({"items": items.into_iter().take(limit).map(|(_, v)| v).collect::<Vec<_>>(), "next_cursor": next})
@@ -300,14 +311,12 @@ async fn list_requests(
         ),
     };
     let state = workflow(&state)?.current().await?;
-    let mut items: Vec<(u64, Value)> = state
-        .requests
-        .values()
-        .filter(|r| r.seq >= query.cursor && wanted.is_none_or(|w| r.status == w))
-        .map(|r| (r.seq, request_view(r)))
-        .collect();
-    items.sort_by_key(|(seq, _)| *seq);
-    items.truncate(query.limit + 1);
+    let selected = first_by_seq(
+        state.requests.values().filter(|r| r.seq >= query.cursor && wanted.is_none_or(|w| r.status == w)),
+        |r| r.seq,
+        query.limit + 1,
+    );
+    let items = selected.into_iter().map(|r| (r.seq, request_view(r))).collect();
     Ok(Json(page(items, query.limit)).into_response())
 }
 
@@ -342,14 +351,15 @@ async fn list_grants(
         }
     };
     let state = workflow(&state)?.current().await?;
-    let mut items: Vec<(u64, Value)> = state
-        .grants
-        .values()
-        .filter(|g| g.seq >= query.cursor && active.is_none_or(|a| (g.status == GrantStatus::Active) == a))
-        .map(|g| (g.seq, grant_view(&state, g)))
-        .collect();
-    items.sort_by_key(|(seq, _)| *seq);
-    items.truncate(query.limit + 1);
+    let selected = first_by_seq(
+        state
+            .grants
+            .values()
+            .filter(|g| g.seq >= query.cursor && active.is_none_or(|a| (g.status == GrantStatus::Active) == a)),
+        |g| g.seq,
+        query.limit + 1,
+    );
+    let items = selected.into_iter().map(|g| (g.seq, grant_view(&state, g))).collect();
     Ok(Json(page(items, query.limit)).into_response())
 }
 

@@ -469,3 +469,31 @@ async fn webhooks_deliver_signed_events_and_resume_from_their_cursor() {
     drop(s);
     close(ledger, thread).await;
 }
+
+#[tokio::test]
+async fn request_pages_follow_the_cursor_in_ledger_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+        created.push(request["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/requests?status=pending&limit=2".to_string();
+    loop {
+        let (status, page) = s.call(Some("lead1"), "GET", &path, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|r| r["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/requests?status=pending&limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+    drop(s);
+    close(ledger, thread).await;
+}
