@@ -14,6 +14,8 @@
 //! The generator is a tool of its own: nothing in the service's API can
 //! produce synthetic events.
 
+mod workflow;
+
 use anyhow::{Context as _, bail};
 use ed25519_dalek::{Signer as _, SigningKey};
 use portcullis::ledger::{Ledger, LedgerConfig};
@@ -334,6 +336,14 @@ async fn main() -> anyhow::Result<()> {
             let vkey: String = arg(&args, "--key", String::new())?;
             bench_verify(&export, &vkey, &mut out)?;
         }
+        Some("workflow") => {
+            let events = arg(&args, "--events", 1_000_000u64)?;
+            let grants = arg(&args, "--grants", 10_000u64)?;
+            let dir = tempdir("workflow")?;
+            let result = workflow::bench(&dir.join("ledger"), events, grants, &mut out).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?;
+        }
         Some("all") => {
             let events = arg(&args, "--events", 1_000_000u64)?;
             out.push_str(&format!("Machine: {}\n\n", machine()));
@@ -350,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | all [--events N]"
+                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | workflow [--events N] [--grants G] | all [--events N]"
             );
             std::process::exit(2);
         }
