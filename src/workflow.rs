@@ -38,7 +38,8 @@ pub enum WorkflowError {
 
 pub struct Workflow {
     ledger: Ledger,
-    state: Mutex<State>,
+    /// Shared so that a command's append can own the guard (see [`Workflow::execute`]).
+    state: Arc<Mutex<State>>,
     policy: RwLock<Option<Arc<Policy>>>,
     /// Woken after every command, so the scheduler re-plans its next deadline.
     changed: Notify,
@@ -69,7 +70,7 @@ impl Workflow {
     ) -> Result<Arc<Workflow>, WorkflowError> {
         let workflow = Arc::new(Workflow {
             ledger,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             policy: RwLock::new(None),
             changed: Notify::new(),
             clock,
@@ -139,6 +140,12 @@ impl Workflow {
     /// [`WorkflowError::Read`] when the store cannot be read.
     pub async fn current(&self) -> Result<MutexGuard<'_, State>, WorkflowError> {
         let mut state = self.state.lock().await;
+        self.catch_up(&mut state).await?;
+        Ok(state)
+    }
+
+    /// Folds every durable entry the state has not seen yet.
+    async fn catch_up(&self, state: &mut State) -> Result<(), WorkflowError> {
         let head = self.ledger.head().size;
         while state.size < head {
             let from = state.size;
@@ -153,27 +160,39 @@ impl Workflow {
             for entry in entries {
                 let parsed = ParsedEntry::parse(&entry)
                     .map_err(|e| WorkflowError::Read(format!("entry {}: {e}", state.size)))?;
-                let taken = std::mem::take(&mut *state);
+                let taken = std::mem::take(state);
                 *state = taken.evolve(&parsed.event);
             }
         }
-        self.sync_policy(&state);
-        Ok(state)
+        self.sync_policy(state);
+        Ok(())
     }
 
     /// Decides `command` for `actor` and appends its events durably.
     ///
+    /// The lock is held from the decision until the append is durable, and
+    /// that part runs on a task of its own: if the caller is dropped (an HTTP
+    /// client that hangs up), the append already sent to the ledger still
+    /// completes before the next command is decided, so that command never
+    /// decides on a state that misses it (two grants for one request).
+    ///
     /// # Errors
     /// [`WorkflowError::Rejected`] with nothing recorded, or a ledger failure.
     pub async fn execute(&self, command: Command, actor: Actor, seed: [u8; 16]) -> Result<Vec<Receipt>, WorkflowError> {
-        let mut state = self.current().await?;
+        let mut state = Arc::clone(&self.state).lock_owned().await;
+        self.catch_up(&mut state).await?;
         let ctx = Context { actor, now: (self.clock)(), seed };
         let drafts = decide(&state, self.policy().as_deref(), command, &ctx)?;
-        let receipts = self.ledger.append_all(drafts).await?;
-        // Fold what was just appended (and anything before it) while still holding the lock.
-        drop(state);
-        state = self.current().await?;
-        drop(state);
+        let ledger = self.ledger.clone();
+        let append = tokio::spawn(async move {
+            let receipts = ledger.append_all(drafts).await;
+            // Released only once the append is durable (or failed), whatever became of the caller.
+            drop(state);
+            receipts
+        });
+        let receipts = append.await.map_err(|e| WorkflowError::Read(e.to_string()))??;
+        // Fold what was just appended, so the caller's next read sees it.
+        drop(self.current().await?);
         self.changed.notify_one();
         Ok(receipts)
     }

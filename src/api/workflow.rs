@@ -242,7 +242,13 @@ async fn create_request(
         ticket: input.ticket.filter(|t| !t.is_empty()),
         break_glass: input.break_glass,
     };
-    workflow.execute(command, actor, seed).await?;
+    if let Err(e) = workflow.execute(command, actor, seed).await {
+        // A concurrent retry with the same key got there first: answer with its request.
+        if let Some(existing) = workflow.current().await?.requests.get(&request_id) {
+            return Ok((StatusCode::OK, Json(request_view(existing))).into_response());
+        }
+        return Err(e.into());
+    }
     let state = workflow.current().await?;
     let request = state
         .requests

@@ -173,6 +173,10 @@ pub fn decide(
     let draft = |n: u8, payload: Payload| payload.to_draft(ctx.id(n), actor);
     match command {
         Command::Request { target, duration, reason, ticket, break_glass } => {
+            // A retry (same Idempotency-Key, so the same seed) of a request already recorded.
+            if state.requests.contains_key(&ctx.id(0)) {
+                return Err(Rejection::Conflict(format!("request {} already exists", ctx.id(0))));
+            }
             check_text("reason", &reason, MAX_REASON)?;
             if let Some(ticket) = &ticket {
                 check_text("ticket", ticket, MAX_TICKET)?;

@@ -281,3 +281,20 @@ fn rebuilding_from_the_events_gives_the_same_state() {
     w.when(alice(), 30, Command::End { grant, comment: None }).unwrap();
     assert_eq!(State::rebuild(&w.events), w.state);
 }
+
+#[test]
+fn a_request_replayed_with_the_same_seed_is_a_conflict_not_a_second_append() {
+    let mut w = World::new();
+    let first = w.request(alice(), 0, target("prod", Access::Edit), "30m").unwrap();
+    // The same seed again, as a concurrent retry with the same Idempotency-Key produces.
+    let ctx = Context { actor: alice(), now: at(1), seed: [w.seeds; 16] };
+    assert_eq!(ctx.id(0), first);
+    let command = Command::Request {
+        target: target("prod", Access::Edit),
+        duration: Span::parse("duration", "30m").unwrap(),
+        reason: "INC-4711: fix the TLS host".into(),
+        ticket: Some("INC-4711".into()),
+        break_glass: false,
+    };
+    assert!(matches!(decide(&w.state, Some(&w.policy), command, &ctx), Err(Rejection::Conflict(_))));
+}

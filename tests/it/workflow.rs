@@ -497,3 +497,62 @@ async fn request_pages_follow_the_cursor_in_ledger_order() {
     drop(s);
     close(ledger, thread).await;
 }
+
+/// An approval whose caller goes away (an HTTP client hanging up) after its
+/// append was sent must still be seen by the next command: otherwise a
+/// second approver decides on a state without the first grant and a second
+/// grant is activated for the same request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_approval_still_orders_before_the_next_command() {
+    use futures_util::FutureExt;
+    use portcullis::domain::decide::{Command, Rejection};
+    use portcullis::workflow::{WorkflowError, random_seed};
+    use portcullis_format::event::Actor;
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let lead = |sub: &str| Actor { sub: sub.into(), groups: vec!["sre-leads".into()], via: "token".into() };
+    for round in 0..5 {
+        let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+        let request = portcullis_format::event::EventId::parse(request["id"].as_str().unwrap()).unwrap();
+        let approve = || Command::Approve { request, comment: None };
+        s.workflow.execute(approve(), lead("lead1@example.com"), random_seed()).await.unwrap();
+        // Polled once (up to the append), then dropped.
+        let abandoned = s.workflow.execute(approve(), lead("lead2@example.com"), random_seed()).now_or_never();
+        assert!(abandoned.is_none(), "round {round}: the approval finished in one poll");
+        let third = s.workflow.execute(approve(), lead("lead3@example.com"), random_seed()).await;
+        assert!(matches!(third, Err(WorkflowError::Rejected(Rejection::Conflict(_)))), "round {round}: {third:?}");
+        let state = s.workflow.current().await.unwrap();
+        assert_eq!(state.grants.values().filter(|g| g.request_id == request).count(), 1, "round {round}");
+    }
+    drop(s);
+    close(ledger, thread).await;
+}
+
+/// Two concurrent POSTs with the same Idempotency-Key: one request, and both
+/// answered 2xx (the loser used to get a 500 from the ledger's duplicate-id check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_with_one_idempotency_key_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = Arc::new(service(dir.path(), ledger.clone()).await);
+    for round in 0..40 {
+        let key = format!("race-{round}");
+        let calls = [0, 1].map(|_| {
+            let (s, key) = (Arc::clone(&s), key.clone());
+            tokio::spawn(async move {
+                s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some(&key)).await
+            })
+        });
+        let mut ids = Vec::new();
+        for call in calls {
+            let (status, body) = call.await.unwrap();
+            assert!(status.is_success(), "round {round}: {status} {body}");
+            ids.push(body["id"].clone());
+        }
+        assert_eq!(ids[0], ids[1]);
+    }
+    assert_eq!(s.workflow.current().await.unwrap().requests.len(), 40);
+    drop(s);
+    close(ledger, thread).await;
+}
