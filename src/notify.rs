@@ -1,6 +1,6 @@
 //! Outbound webhooks: every workflow event of interest is POSTed to the
-//! configured URLs, signed with HMAC-SHA256, retried with backoff, and never
-//! in the way of a command: the notifier follows the ledger on its own task,
+//! configured URLs, signed with HMAC-SHA256, retried with backoff until it is
+//! taken, and never in the way of a command: the notifier follows the ledger on its own task,
 //! from a cursor it keeps in a file, so a restart resumes where it stopped
 //! (deliveries are at least once; receivers dedupe by `X-Portcullis-Delivery`).
 //!
@@ -40,8 +40,8 @@ pub const DEFAULT_EVENTS: &[&str] = &[
     "grant.extended",
 ];
 
-/// Attempts per delivery before it is given up (and logged).
-pub const MAX_ATTEMPTS: u32 = 6;
+/// The longest wait between two attempts of one delivery.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -150,7 +150,10 @@ pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
     }
 }
 
-/// One delivery, retried with exponential backoff (1 s, 2 s, 4 s, ...).
+/// One delivery, retried until it succeeds, waiting 1 s, 2 s, 4 s ... up to
+/// a minute between attempts. Deliveries are in ledger order, so a webhook
+/// that stays down holds back the ones after it (none is skipped or lost);
+/// shutting the service down stops the retries, and the cursor resumes them.
 async fn deliver(
     client: &HyperClient<HttpConnector, Full<Bytes>>,
     webhook: &Webhook,
@@ -162,7 +165,7 @@ async fn deliver(
     let body = payload(webhook.format, seq, event).to_string();
     let signature = signature(&webhook.secret, body.as_bytes());
     let mut wait = Duration::from_secs(1);
-    for attempt in 1..=MAX_ATTEMPTS {
+    for attempt in 1u64.. {
         let request = hyper::Request::post(&webhook.url)
             .header("content-type", "application/json")
             .header("x-portcullis-event", kind)
@@ -170,7 +173,7 @@ async fn deliver(
             .header("x-portcullis-signature", &signature)
             .body(Full::new(Bytes::from(body.clone())));
         let Ok(request) = request else {
-            tracing::warn!("webhook {}: cannot build the request", webhook.url);
+            tracing::error!("webhook {}: entry {seq}: cannot build the request; skipped", webhook.url);
             return;
         };
         match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
@@ -183,12 +186,9 @@ async fn deliver(
             Ok(Err(e)) => tracing::warn!("webhook {}: entry {seq}: {e} (attempt {attempt})", webhook.url),
             Err(_) => tracing::warn!("webhook {}: entry {seq}: no answer in 10 s (attempt {attempt})", webhook.url),
         }
-        if attempt < MAX_ATTEMPTS {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(60));
-        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_BACKOFF);
     }
-    tracing::error!("webhook {}: entry {seq} ({kind}) given up after {MAX_ATTEMPTS} attempts", webhook.url);
 }
 
 #[cfg(test)]

@@ -171,7 +171,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     policy.hash_hex()
                 );
             }
-            _ => {
+            (Some(path), None) => {
+                let _ = writeln!(
+                    out,
+                    "  policy:       {} refused (see the error above); the policy recorded in the ledger stays in force",
+                    path.display()
+                );
+            }
+            (None, _) => {
                 let _ = writeln!(
                     out,
                     "  policy:       not configured: the workflow API (/v1/requests, /v1/grants) answers 503;"

@@ -168,6 +168,13 @@ pub fn decide(
     command: Command,
     ctx: &Context,
 ) -> Result<Vec<EventDraft>, Rejection> {
+    // Expiry needs no policy: time alone decides it, so requests and grants
+    // end on time even when no policy is in force.
+    match command {
+        Command::ExpireRequest { request } => return expire_request(state, request, ctx),
+        Command::ExpireGrant { grant } => return expire_grant(state, grant, ctx),
+        _ => {}
+    }
     let policy = policy.ok_or(Rejection::NoPolicy)?;
     let actor = &ctx.actor;
     let draft = |n: u8, payload: Payload| payload.to_draft(ctx.id(n), actor);
@@ -180,6 +187,10 @@ pub fn decide(
             check_text("reason", &reason, MAX_REASON)?;
             if let Some(ticket) = &ticket {
                 check_text("ticket", ticket, MAX_TICKET)?;
+                // One line: a pattern with (?m) must not be satisfiable by one line of many.
+                if ticket.contains('\n') {
+                    return Err(invalid("ticket", "must be one line"));
+                }
             }
             if target.names.len() > MAX_NAMES {
                 return Err(invalid("target.names", format!("at most {MAX_NAMES} names")));
@@ -268,19 +279,7 @@ pub fn decide(
             }
             Ok(vec![draft(0, Payload::RequestCancelled(RequestClosed { request_id: request.id.to_string() }))])
         }
-        Command::ExpireRequest { request } => {
-            let request = state.requests.get(&request).ok_or_else(|| not_found("request", request))?;
-            if request.status != RequestStatus::Pending {
-                return Err(Rejection::Conflict(format!("the request is {}, not pending", request.status.as_str())));
-            }
-            if ctx.now < request.pending_expires_at {
-                return Err(Rejection::Conflict(format!(
-                    "the request is pending until {}",
-                    request.pending_expires_at
-                )));
-            }
-            Ok(vec![draft(0, Payload::RequestExpired(RequestClosed { request_id: request.id.to_string() }))])
-        }
+        Command::ExpireRequest { request } => expire_request(state, request, ctx),
         Command::End { grant, comment } => {
             check_comment(&comment)?;
             let grant = active_grant(state, grant, ctx)?;
@@ -308,16 +307,7 @@ pub fn decide(
                 Payload::GrantRevoked(GrantClosed { grant_id: grant.id.to_string(), comment: Some(reason) }),
             )])
         }
-        Command::ExpireGrant { grant } => {
-            let grant = state.grants.get(&grant).ok_or_else(|| not_found("grant", grant))?;
-            if grant.status != GrantStatus::Active {
-                return Err(Rejection::Conflict(format!("the grant is {}, not active", grant.status.as_str())));
-            }
-            if ctx.now < grant.expires_at {
-                return Err(Rejection::Conflict(format!("the grant is active until {}", grant.expires_at)));
-            }
-            Ok(vec![draft(0, Payload::GrantExpired(GrantClosed { grant_id: grant.id.to_string(), comment: None }))])
-        }
+        Command::ExpireGrant { grant } => expire_grant(state, grant, ctx),
         Command::Extend { grant, duration, reason } => {
             check_text("reason", &reason, MAX_REASON)?;
             let grant = active_grant(state, grant, ctx)?;
@@ -465,6 +455,32 @@ pub fn decide(
             )])
         }
     }
+}
+
+/// A pending request whose TTL has passed expires.
+fn expire_request(state: &State, request: RequestId, ctx: &Context) -> Result<Vec<EventDraft>, Rejection> {
+    let request = state.requests.get(&request).ok_or_else(|| not_found("request", request))?;
+    if request.status != RequestStatus::Pending {
+        return Err(Rejection::Conflict(format!("the request is {}, not pending", request.status.as_str())));
+    }
+    if ctx.now < request.pending_expires_at {
+        return Err(Rejection::Conflict(format!("the request is pending until {}", request.pending_expires_at)));
+    }
+    let payload = Payload::RequestExpired(RequestClosed { request_id: request.id.to_string() });
+    Ok(vec![payload.to_draft(ctx.id(0), &ctx.actor)])
+}
+
+/// An active grant whose time is up expires.
+fn expire_grant(state: &State, grant: GrantId, ctx: &Context) -> Result<Vec<EventDraft>, Rejection> {
+    let grant = state.grants.get(&grant).ok_or_else(|| not_found("grant", grant))?;
+    if grant.status != GrantStatus::Active {
+        return Err(Rejection::Conflict(format!("the grant is {}, not active", grant.status.as_str())));
+    }
+    if ctx.now < grant.expires_at {
+        return Err(Rejection::Conflict(format!("the grant is active until {}", grant.expires_at)));
+    }
+    let payload = Payload::GrantExpired(GrantClosed { grant_id: grant.id.to_string(), comment: None });
+    Ok(vec![payload.to_draft(ctx.id(0), &ctx.actor)])
 }
 
 fn not_found(what: &str, id: EventId) -> Rejection {

@@ -298,3 +298,14 @@ fn a_request_replayed_with_the_same_seed_is_a_conflict_not_a_second_append() {
     };
     assert!(matches!(decide(&w.state, Some(&w.policy), command, &ctx), Err(Rejection::Conflict(_))));
 }
+
+#[test]
+fn grants_expire_on_time_even_when_no_policy_is_in_force() {
+    let mut w = World::new();
+    let grant = granted(&mut w); // active from minute 2 to 62
+    let ctx = Context { actor: Actor::system(), now: at(62), seed: [99; 16] };
+    let drafts = decide(&w.state, None, Command::ExpireGrant { grant }, &ctx).unwrap();
+    assert_eq!(kinds(&drafts), [kind::GRANT_EXPIRED]);
+    let request = Command::Cancel { request: w.state.grants[&grant].request_id };
+    assert_eq!(decide(&w.state, None, request, &ctx), Err(Rejection::NoPolicy));
+}
