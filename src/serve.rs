@@ -225,7 +225,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let cursor = config.data_dir.join("webhooks.cursor");
         tokio::spawn(crate::notify::run(ledger.clone(), config.webhooks.clone(), cursor))
     });
-    let state = Arc::new(AppState { ledger: ledger.clone(), workflow, tokens });
+    let state = Arc::new(AppState::new(ledger.clone(), workflow, tokens));
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
     for task in [scheduler, notifier].into_iter().flatten() {

@@ -7,6 +7,7 @@
 
 mod events;
 mod ledger;
+pub mod limit;
 pub mod openapi;
 mod workflow;
 
@@ -24,12 +25,18 @@ pub struct AppState {
     /// The access workflow, when a policy is configured.
     pub workflow: Option<Arc<Workflow>>,
     pub tokens: Tokens,
+    pub limiter: limit::RateLimiter,
 }
 
 impl AppState {
+    /// A state with the default rate limits.
+    pub fn new(ledger: Ledger, workflow: Option<Arc<Workflow>>, tokens: Tokens) -> AppState {
+        AppState { ledger, workflow, tokens, limiter: limit::RateLimiter::default() }
+    }
+
     /// A state serving the ledger only.
     pub fn ledger_only(ledger: Ledger) -> AppState {
-        AppState { ledger, workflow: None, tokens: Tokens::default() }
+        AppState::new(ledger, None, Tokens::default())
     }
 }
 
@@ -69,6 +76,9 @@ pub enum ApiError {
     /// 422: a body field is missing or breaks a rule; names the field.
     #[error("{field}: {reason}")]
     Unprocessable { field: String, reason: String },
+    /// 429: over the rate limit; retry after the given seconds.
+    #[error("too many requests; retry in {0} s")]
+    TooManyRequests(u64),
     /// 503: the ledger is shutting down or its store is unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -90,6 +100,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
@@ -113,6 +124,11 @@ impl IntoResponse for ApiError {
         }
         let mut response =
             (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if let ApiError::TooManyRequests(seconds) = &self {
+            if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }

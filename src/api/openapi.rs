@@ -322,7 +322,7 @@ pub fn document() -> Value {
         let problem = json!({"description": "problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
         let mut errors = vec!["400", "404", "500", "503"];
         if operation.auth {
-            errors.extend(["401", "403", "409", "422"]);
+            errors.extend(["401", "403", "409", "422", "429"]);
         }
         for code in errors {
             responses.insert(code.to_string(), problem.clone());

@@ -55,11 +55,13 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Acto
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header; expected Bearer <token>".into()))?;
-    state
+    let actor = state
         .tokens
         .authenticate(token.trim())
         .cloned()
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))
+        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+    state.limiter.admit(&actor.sub).map_err(ApiError::TooManyRequests)?;
+    Ok(actor)
 }
 
 fn workflow(state: &AppState) -> Result<&Arc<Workflow>, ApiError> {
@@ -409,11 +411,10 @@ struct ExtendBody {
 /// Runs a command about a request, and answers with the request (and its grant, if any).
 async fn request_command(
     state: &AppState,
-    headers: &HeaderMap,
+    actor: Actor,
     id: &str,
     make: impl FnOnce(EventId) -> Command,
 ) -> Result<Response, ApiError> {
-    let actor = authenticate(state, headers)?;
     let id = parse_id("request", id)?;
     let workflow = workflow(state)?;
     workflow.execute(make(id), actor, random_seed()).await?;
@@ -424,13 +425,7 @@ async fn request_command(
 }
 
 /// Runs a command about a grant, and answers with the grant.
-async fn grant_command(
-    state: &AppState,
-    headers: &HeaderMap,
-    id: EventId,
-    command: Command,
-) -> Result<Response, ApiError> {
-    let actor = authenticate(state, headers)?;
+async fn grant_command(state: &AppState, actor: Actor, id: EventId, command: Command) -> Result<Response, ApiError> {
     let workflow = workflow(state)?;
     workflow.execute(command, actor, random_seed()).await?;
     let current = workflow.current().await?;
@@ -444,9 +439,9 @@ async fn approve(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
+    let actor = authenticate(&state, &headers)?;
     let input: CommentBody = body(&bytes)?;
-    request_command(&state, &headers, &id, |request| Command::Approve { request, comment: input.comment }).await
+    request_command(&state, actor, &id, |request| Command::Approve { request, comment: input.comment }).await
 }
 
 async fn deny(
@@ -455,13 +450,14 @@ async fn deny(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
+    let actor = authenticate(&state, &headers)?;
     let input: CommentBody = body(&bytes)?;
-    request_command(&state, &headers, &id, |request| Command::Deny { request, comment: input.comment }).await
+    request_command(&state, actor, &id, |request| Command::Deny { request, comment: input.comment }).await
 }
 
 async fn cancel(AxumState(state): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
-    request_command(&state, &headers, &id, |request| Command::Cancel { request }).await
+    let actor = authenticate(&state, &headers)?;
+    request_command(&state, actor, &id, |request| Command::Cancel { request }).await
 }
 
 /// A command about a grant that carries a JSON body: authenticate, parse the
@@ -473,10 +469,10 @@ async fn with_grant<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     make: impl FnOnce(EventId, T) -> Result<Command, ApiError>,
 ) -> Result<Response, ApiError> {
-    authenticate(state, headers)?;
+    let actor = authenticate(state, headers)?;
     let grant = parse_id("grant", id)?;
     let command = make(grant, body(bytes)?)?;
-    grant_command(state, headers, grant, command).await
+    grant_command(state, actor, grant, command).await
 }
 
 async fn end(

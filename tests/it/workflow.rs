@@ -39,7 +39,7 @@ async fn service(dir: &std::path::Path, ledger: portcullis::ledger::Ledger) -> S
     }
     let policy = Arc::new(Policy::parse(EXAMPLE_POLICY).unwrap());
     let workflow = Workflow::open(ledger.clone(), Some(policy)).await.unwrap();
-    let state = AppState { ledger, workflow: Some(Arc::clone(&workflow)), tokens: Tokens::load(&path).unwrap() };
+    let state = AppState::new(ledger, Some(Arc::clone(&workflow)), Tokens::load(&path).unwrap());
     Service { router: app(Arc::new(state)), tokens, workflow }
 }
 
@@ -274,7 +274,7 @@ async fn without_a_policy_the_workflow_answers_503_and_the_ledger_still_serves()
     let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
     let path = dir.path().join("tokens");
     let token = portcullis::auth::create(&path, "alice", &[]).unwrap();
-    let state = AppState { ledger: ledger.clone(), workflow: None, tokens: Tokens::load(&path).unwrap() };
+    let state = AppState::new(ledger.clone(), None, Tokens::load(&path).unwrap());
     let router = app(Arc::new(state));
     let request = Request::post("/v1/requests")
         .header("authorization", format!("Bearer {token}"))
@@ -553,6 +553,28 @@ async fn concurrent_retries_with_one_idempotency_key_both_succeed() {
         assert_eq!(ids[0], ids[1]);
     }
     assert_eq!(s.workflow.current().await.unwrap().requests.len(), 40);
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_not_slowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let burst = portcullis::api::limit::DEFAULT_BURST as usize;
+    let mut limited = None;
+    for i in 0..burst + 50 {
+        let (status, problem) = s.call(Some("alice"), "GET", "/v1/whoami", None, None).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(problem["type"], "urn:portcullis:problem:rate-limited");
+            limited = Some(i);
+            break;
+        }
+    }
+    assert!(limited.is_some_and(|i| i >= burst), "limited after {limited:?} calls");
+    let (status, _) = s.call(Some("lead1"), "GET", "/v1/whoami", None, None).await;
+    assert_eq!(status, StatusCode::OK);
     drop(s);
     close(ledger, thread).await;
 }

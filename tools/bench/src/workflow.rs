@@ -202,10 +202,13 @@ pub async fn bench(dir: &Path, events: u64, grants: u64, out: &mut String) -> an
     let alice = portcullis::auth::create(&tokens_path, "alice@example.com", &["web".into()])?;
     let lead1 = portcullis::auth::create(&tokens_path, "lead1@example.com", &["sre-leads".into()])?;
     let lead2 = portcullis::auth::create(&tokens_path, "lead2@example.com", &["sre-leads".into()])?;
+    // The load comes from three identities at 1,000 requests/s: above the per-identity
+    // default limit on purpose, so the benchmark lifts it.
     let state = Arc::new(AppState {
         ledger: ledger.clone(),
         workflow: Some(Arc::clone(&workflow)),
         tokens: Tokens::load(&tokens_path)?,
+        limiter: portcullis::api::limit::RateLimiter::new(1e9, 1e9),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
