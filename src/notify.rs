@@ -38,7 +38,14 @@ pub const DEFAULT_EVENTS: &[&str] = &[
     "grant.revoked",
     "grant.expired",
     "grant.extended",
+    EXPIRING,
 ];
+
+/// The kind of the warning sent before a grant expires (a notification, not a ledger event).
+pub const EXPIRING: &str = "grant.expiring";
+
+/// How long before a grant's expiry the warning is sent.
+pub const WARNING_LEAD: Duration = Duration::from_secs(300);
 
 /// The longest wait between two attempts of one delivery.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -146,6 +153,54 @@ pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
         }
         if head.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Warns the webhooks `lead` before each active grant expires (again after an
+/// extension moves the expiry). Warnings follow the workflow's state, so after a
+/// restart a grant already inside its warning window is warned again (at least
+/// once). Runs until the ledger closes.
+pub async fn run_warnings(workflow: Arc<crate::workflow::Workflow>, webhooks: Vec<Webhook>, lead: Duration) {
+    let client: HyperClient<HttpConnector, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let mut warned: std::collections::HashSet<(portcullis_format::event::EventId, i64)> = Default::default();
+    let mut head = workflow.ledger().watch_head();
+    let lead_micros = lead.as_micros() as i64;
+    loop {
+        let now = portcullis_format::time::Timestamp::now().unix_micros();
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        match workflow.current().await {
+            Ok(state) => {
+                for grant in state.grants.values().filter(|g| g.status == crate::domain::state::GrantStatus::Active) {
+                    let expires = grant.expires_at.unix_micros();
+                    let warn_at = expires - lead_micros;
+                    if warn_at <= now && now < expires && !warned.contains(&(grant.id, expires)) {
+                        let data = json!({
+                            "grant_id": grant.id.to_string(), "requester": grant.requester,
+                            "expires_at": grant.expires_at.to_string(), "break_glass": grant.break_glass,
+                            "target": {"cluster": grant.target.cluster, "namespace": grant.target.namespace, "kind": grant.target.kind, "access": grant.target.access},
+                        });
+                        let event = json!({"kind": EXPIRING, "actor": {"sub": "system:portcullis"}, "data": data});
+                        due.push((grant.id, expires, grant.seq, event));
+                    } else if warn_at > now {
+                        next = Some(next.map_or(warn_at, |n| n.min(warn_at)));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("expiry warnings: {e}"),
+        }
+        for (grant, expires, seq, event) in due {
+            let id = format!("{grant}-expiring-{expires}");
+            for webhook in webhooks.iter().filter(|w| w.wants(EXPIRING)) {
+                deliver(&client, webhook, seq, &id, EXPIRING, &event).await;
+            }
+            warned.insert((grant, expires));
+        }
+        let wait = next.map_or(Duration::from_secs(3600), |at| Duration::from_micros((at - now).max(0) as u64));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = head.changed() => if changed.is_err() { return },
         }
     }
 }

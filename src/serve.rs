@@ -225,10 +225,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let cursor = config.data_dir.join("webhooks.cursor");
         tokio::spawn(crate::notify::run(ledger.clone(), config.webhooks.clone(), cursor))
     });
+    let warnings = workflow.clone().filter(|_| !config.webhooks.is_empty()).map(|workflow| {
+        tokio::spawn(crate::notify::run_warnings(workflow, config.webhooks.clone(), crate::notify::WARNING_LEAD))
+    });
     let state = Arc::new(AppState::new(ledger.clone(), workflow, tokens));
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
-    for task in [scheduler, notifier].into_iter().flatten() {
+    for task in [scheduler, notifier, warnings].into_iter().flatten() {
         task.abort();
     }
     ledger.close().await;

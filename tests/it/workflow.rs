@@ -578,3 +578,49 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_not_slo
     drop(s);
     close(ledger, thread).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_warned_before_a_grant_expires() {
+    let kinds: Arc<tokio::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&kinds);
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().await.push(headers["x-portcullis-event"].to_str().unwrap().to_string());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let id = request["id"].as_str().unwrap();
+    s.call(Some("lead1"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    s.call(Some("lead2"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    let webhook = portcullis::notify::Webhook {
+        url: format!("http://{address}/hook"),
+        secret: "a-secret-of-at-least-16-characters".into(),
+        format: portcullis::notify::Format::Slack,
+        events: vec![portcullis::notify::EXPIRING.into()],
+    };
+    // A lead longer than the grant: it is inside its warning window at once.
+    let lead = std::time::Duration::from_secs(86_400);
+    let warnings = tokio::spawn(portcullis::notify::run_warnings(Arc::clone(&s.workflow), vec![webhook], lead));
+    let mut waited = 0;
+    while kinds.lock().await.is_empty() && waited < 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(*kinds.lock().await, vec![portcullis::notify::EXPIRING.to_string()]);
+    warnings.abort();
+    server.abort();
+    drop(s);
+    close(ledger, thread).await;
+}
