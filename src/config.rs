@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub tokens: Option<PathBuf>,
     /// Outbound webhooks (`[[webhooks]]` tables); see `notify`.
     pub webhooks: Option<Vec<crate::notify::Webhook>>,
+    /// OIDC bearer tokens (`[oidc]`); see `oidc`.
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,7 @@ pub struct ServeConfig {
     pub policy: Option<PathBuf>,
     tokens: Option<PathBuf>,
     pub webhooks: Vec<crate::notify::Webhook>,
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
@@ -83,7 +86,7 @@ pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 /// # Errors
 /// [`ConfigError::Invalid`] for out-of-range values.
 pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
-    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens, webhooks: _ } = flags;
+    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens, webhooks: _, oidc: _ } = flags;
     let webhooks = file.webhooks.clone().unwrap_or_default();
     for webhook in &webhooks {
         webhook.validate().map_err(ConfigError::Invalid)?;
@@ -108,5 +111,6 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         policy: policy.or(file.policy),
         tokens: tokens.or(file.tokens),
         webhooks,
+        oidc: file.oidc.clone(),
     })
 }

@@ -20,6 +20,7 @@ pub mod export;
 pub mod keyfile;
 pub mod ledger;
 pub mod notify;
+pub mod oidc;
 pub mod policy;
 pub mod serve;
 pub mod store;

@@ -298,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 policy,
                 tokens,
                 webhooks: None,
+                oidc: None,
             };
             let config = serve_config(&common, flags)?;
             portcullis::serve::serve(config).await?;

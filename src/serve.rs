@@ -142,6 +142,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
     let tokens = Tokens::load(&config.tokens_path())?;
+    let oidc = match &config.oidc {
+        Some(settings) => Some(crate::oidc::Oidc::load(settings.clone()).map_err(|e| anyhow::anyhow!("oidc: {e}"))?),
+        None => None,
+    };
     let (ledger, thread, generated) = open_ledger(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -197,7 +201,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             let _ = writeln!(out, "  tokens:       {}", config.tokens_path().display());
         }
         let _ = writeln!(out, "  not configured: clusters (no reconciler runs: grants are recorded, not applied),");
-        let _ = writeln!(out, "                  OIDC identity provider (static tokens only)");
+        match &config.oidc {
+            Some(oidc) => {
+                let _ = writeln!(
+                    out,
+                    "  oidc:         issuer {} audience {} (keys from {})",
+                    oidc.issuer,
+                    oidc.audience,
+                    oidc.jwks_file.display()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "                  OIDC identity provider ([oidc] in the config file; static tokens only)"
+                );
+            }
+        }
         if config.webhooks.is_empty() {
             let _ = writeln!(out, "  webhooks:     none ([[webhooks]] in the config file)");
         } else {
@@ -228,7 +248,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let warnings = workflow.clone().filter(|_| !config.webhooks.is_empty()).map(|workflow| {
         tokio::spawn(crate::notify::run_warnings(workflow, config.webhooks.clone(), crate::notify::WARNING_LEAD))
     });
-    let state = Arc::new(AppState::new(ledger.clone(), workflow, tokens));
+    let mut state = AppState::new(ledger.clone(), workflow, tokens);
+    state.oidc = oidc;
+    let state = Arc::new(state);
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
     for task in [scheduler, notifier, warnings].into_iter().flatten() {

@@ -25,13 +25,15 @@ pub struct AppState {
     /// The access workflow, when a policy is configured.
     pub workflow: Option<Arc<Workflow>>,
     pub tokens: Tokens,
+    /// OIDC bearer JWTs, when configured.
+    pub oidc: Option<crate::oidc::Oidc>,
     pub limiter: limit::RateLimiter,
 }
 
 impl AppState {
     /// A state with the default rate limits.
     pub fn new(ledger: Ledger, workflow: Option<Arc<Workflow>>, tokens: Tokens) -> AppState {
-        AppState { ledger, workflow, tokens, limiter: limit::RateLimiter::default() }
+        AppState { ledger, workflow, tokens, oidc: None, limiter: limit::RateLimiter::default() }
     }
 
     /// A state serving the ledger only.

@@ -55,11 +55,19 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Acto
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header; expected Bearer <token>".into()))?;
-    let actor = state
-        .tokens
-        .authenticate(token.trim())
-        .cloned()
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+    let token = token.trim();
+    let actor = match &state.oidc {
+        // A JWT (three dot-separated parts) goes to OIDC; anything else is a static token.
+        Some(oidc) if token.matches('.').count() == 2 => {
+            let now = Timestamp::now().unix_micros() / 1_000_000;
+            oidc.authenticate(token, now).map_err(ApiError::Unauthorized)?
+        }
+        _ => state
+            .tokens
+            .authenticate(token)
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?,
+    };
     state.limiter.admit(&actor.sub).map_err(ApiError::TooManyRequests)?;
     Ok(actor)
 }

@@ -9,6 +9,7 @@ mod crash;
 mod edges;
 mod format_vectors;
 mod ledger;
+mod oidc;
 mod python_verifier;
 mod rfc9162_vectors;
 mod tamper;

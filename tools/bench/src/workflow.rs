@@ -208,6 +208,7 @@ pub async fn bench(dir: &Path, events: u64, grants: u64, out: &mut String) -> an
         ledger: ledger.clone(),
         workflow: Some(Arc::clone(&workflow)),
         tokens: Tokens::load(&tokens_path)?,
+        oidc: None,
         limiter: portcullis::api::limit::RateLimiter::new(1e9, 1e9),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
