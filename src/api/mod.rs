@@ -6,6 +6,7 @@
 //! details go to the log).
 
 mod events;
+pub mod idempotency;
 mod ledger;
 pub mod limit;
 pub mod openapi;
@@ -28,12 +29,20 @@ pub struct AppState {
     /// OIDC bearer JWTs, when configured.
     pub oidc: Option<crate::oidc::Oidc>,
     pub limiter: limit::RateLimiter,
+    pub idempotency: idempotency::IdempotencyCache,
 }
 
 impl AppState {
     /// A state with the default rate limits.
     pub fn new(ledger: Ledger, workflow: Option<Arc<Workflow>>, tokens: Tokens) -> AppState {
-        AppState { ledger, workflow, tokens, oidc: None, limiter: limit::RateLimiter::default() }
+        AppState {
+            ledger,
+            workflow,
+            tokens,
+            oidc: None,
+            limiter: limit::RateLimiter::default(),
+            idempotency: idempotency::IdempotencyCache::default(),
+        }
     }
 
     /// A state serving the ledger only.
@@ -53,6 +62,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(events::router())
         .route("/v1/openapi.json", axum::routing::get(|| async { axum::Json(openapi::document()) }))
         .fallback(|| async { ApiError::NoRoute })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), idempotency::layer))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

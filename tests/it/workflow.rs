@@ -218,7 +218,7 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_one_request() {
         s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some("retry-1")).await;
     let (second_status, second) =
         s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some("retry-1")).await;
-    assert_eq!((first_status, second_status), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!((first_status, second_status), (StatusCode::CREATED, StatusCode::CREATED), "the first answer, replayed");
     assert_eq!(first["id"], second["id"]);
     let (_, other) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), Some("retry-2")).await;
     assert_ne!(first["id"], other["id"]);
@@ -621,6 +621,27 @@ async fn webhooks_are_warned_before_a_grant_expires() {
     assert_eq!(*kinds.lock().await, vec![portcullis::notify::EXPIRING.to_string()]);
     warnings.abort();
     server.abort();
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test]
+async fn a_retried_post_with_its_idempotency_key_gets_the_first_answer_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let path = format!("/v1/requests/{}/approve", request["id"].as_str().unwrap());
+    let (first_status, first) = s.call(Some("lead1"), "POST", &path, None, Some("approve-1")).await;
+    let size = ledger.head().size;
+    let (again_status, again) = s.call(Some("lead1"), "POST", &path, None, Some("approve-1")).await;
+    assert_eq!((first_status, again_status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(first, again, "the same answer");
+    assert_eq!(ledger.head().size, size, "nothing appended by the retry");
+    let (status, _) = s.call(Some("lead1"), "POST", &path, None, Some("approve-2")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a new key is a new command");
+    let (status, _) = s.call(Some("lead2"), "POST", &path, None, Some("approve-1")).await;
+    assert_eq!(status, StatusCode::OK, "keys are per credential");
     drop(s);
     close(ledger, thread).await;
 }
