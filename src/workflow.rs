@@ -19,12 +19,12 @@ use crate::ledger::{AppendError, Ledger, Receipt};
 use crate::policy::Policy;
 use portcullis_format::event::{Actor, ParsedEntry};
 use portcullis_format::time::Timestamp;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The proposer recorded when the configured policy file differs from the policy in force.
 pub const CONFIG_PROPOSER: &str = "system:policy-file";
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -39,8 +39,9 @@ pub enum WorkflowError {
 pub struct Workflow {
     ledger: Ledger,
     /// Shared so that a command's append can own the guard (see [`Workflow::execute`]).
-    state: Arc<Mutex<State>>,
-    policy: RwLock<Option<Arc<Policy>>>,
+    /// Readers share it; commands (and catching up) take it exclusively.
+    state: Arc<RwLock<State>>,
+    policy: std::sync::RwLock<Option<Arc<Policy>>>,
     /// Woken after every command, so the scheduler re-plans its next deadline.
     changed: Notify,
     /// The time commands are decided at (the system clock, except in tests).
@@ -70,8 +71,8 @@ impl Workflow {
     ) -> Result<Arc<Workflow>, WorkflowError> {
         let workflow = Arc::new(Workflow {
             ledger,
-            state: Arc::new(Mutex::new(State::default())),
-            policy: RwLock::new(None),
+            state: Arc::new(RwLock::new(State::default())),
+            policy: std::sync::RwLock::new(None),
             changed: Notify::new(),
             clock,
         });
@@ -138,10 +139,16 @@ impl Workflow {
     ///
     /// # Errors
     /// [`WorkflowError::Read`] when the store cannot be read.
-    pub async fn current(&self) -> Result<MutexGuard<'_, State>, WorkflowError> {
-        let mut state = self.state.lock().await;
+    pub async fn current(&self) -> Result<RwLockReadGuard<'_, State>, WorkflowError> {
+        {
+            let state = self.state.read().await;
+            if state.size >= self.ledger.head().size {
+                return Ok(state);
+            }
+        }
+        let mut state = self.state.write().await;
         self.catch_up(&mut state).await?;
-        Ok(state)
+        Ok(state.downgrade())
     }
 
     /// Folds every durable entry the state has not seen yet.
@@ -179,7 +186,7 @@ impl Workflow {
     /// # Errors
     /// [`WorkflowError::Rejected`] with nothing recorded, or a ledger failure.
     pub async fn execute(&self, command: Command, actor: Actor, seed: [u8; 16]) -> Result<Vec<Receipt>, WorkflowError> {
-        let mut state = Arc::clone(&self.state).lock_owned().await;
+        let mut state = Arc::clone(&self.state).write_owned().await;
         self.catch_up(&mut state).await?;
         let ctx = Context { actor, now: (self.clock)(), seed };
         let drafts = decide(&state, self.policy().as_deref(), command, &ctx)?;
