@@ -284,7 +284,6 @@ struct Walk<'k> {
     last_ts: Option<crate::time::Timestamp>,
     first_ts: Option<String>,
     ids: HashSet<[u8; 16]>,
-    current_key: Option<VerifierKey>,
     key_history: Vec<(VerifierKey, u64)>,
     anchor_size: Option<u64>,
     root_at_anchor: Option<Hash>,
@@ -296,9 +295,10 @@ struct Walk<'k> {
 
 impl Walk<'_> {
     /// The keys that were in force before `key` in this verification.
-    fn earlier_keys(&self, key: &VerifierKey) -> Vec<VerifierKey> {
+    fn permits(&self, key: &VerifierKey, seq: u64) -> bool {
         let position = self.key_history.iter().position(|(k, _)| k == key).unwrap_or(self.key_history.len());
-        self.key_history[..position].iter().map(|(k, _)| k.clone()).collect()
+        let earlier = &self.key_history[..position];
+        self.keys.permits(key, seq, |pinned| earlier.iter().any(|(k, _)| k == pinned))
     }
 
     fn push_leaf(&mut self, leaf: Hash) {
@@ -361,30 +361,29 @@ impl Walk<'_> {
             path: None,
             reason: "no signature line".into(),
         })?;
-        let current = match &self.current_key {
-            Some(key) => key.clone(),
-            None => {
-                // The first present entry: its key must be pinned for this seq.
-                let Some(key) = self
-                    .keys
-                    .candidates(seq)
-                    .find(|k| first.other_name.is_none() && k.name() == self.origin && k.key_id() == first.key_id)
-                    .cloned()
-                else {
-                    return fail(
-                        Check::KeyNotInForce,
-                        Some(seq),
-                        None,
-                        "not signed by a key pinned for this sequence number",
-                    );
-                };
-                self.key_history.push((key.clone(), seq));
-                self.current_key = Some(key.clone());
-                key
-            }
+        if self.key_history.is_empty() {
+            // The first present entry: its key must be pinned for this seq.
+            let Some(key) = self
+                .keys
+                .candidates(seq)
+                .find(|k| first.other_name.is_none() && k.name() == self.origin && k.key_id() == first.key_id)
+                .cloned()
+            else {
+                return fail(
+                    Check::KeyNotInForce,
+                    Some(seq),
+                    None,
+                    "not signed by a key pinned for this sequence number",
+                );
+            };
+            self.key_history.push((key, seq));
+        }
+        // The key in force is the last one the history names.
+        let Some((current, _)) = self.key_history.last() else {
+            return fail(Check::KeyNotInForce, Some(seq), None, "no key in force");
         };
-        check_signature(&current, first, 0, facts.deferred.as_deref(), seq)?;
-        if !self.keys.permits(&current, seq, &self.earlier_keys(&current)) {
+        check_signature(current, first, 0, facts.deferred.as_deref(), seq)?;
+        if !self.permits(current, seq) {
             return fail(
                 Check::KeyNotInForce,
                 Some(seq),
@@ -392,16 +391,15 @@ impl Walk<'_> {
                 format!("key {current} is pinned for other sequence numbers"),
             );
         }
-        if let Some(new_key) = &facts.new_key {
+        if let Some(new_key) = facts.new_key {
             let second = second.as_ref().ok_or_else(|| Failure {
                 check: Check::Signature,
                 seq: Some(seq),
                 path: None,
                 reason: "a key rotation must be signed by the new key too".into(),
             })?;
-            check_signature(new_key, second, 1, facts.deferred.as_deref(), seq)?;
-            self.key_history.push((new_key.clone(), seq + 1));
-            self.current_key = Some(new_key.clone());
+            check_signature(&new_key, second, 1, facts.deferred.as_deref(), seq)?;
+            self.key_history.push((new_key, seq + 1));
         }
         if let Some(jsonl) = &mut self.jsonl {
             // Byte-exact: the canonical line and a single LF.
@@ -613,7 +611,6 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
         last_ts: None,
         first_ts: None,
         ids: HashSet::new(),
-        current_key: None,
         key_history: Vec::new(),
         anchor_size: anchor.as_ref().map(|a| a.checkpoint.size),
         root_at_anchor: None,
@@ -731,7 +728,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     let key_at =
         |n: u64| -> Option<&VerifierKey> { walk.key_history.iter().rev().find(|(_, from)| *from <= n).map(|(k, _)| k) };
     let checkpoint_key_ok = match key_at(size) {
-        Some(key) => signed.verify(key).is_ok() && options.keys.permits(key, size, &walk.earlier_keys(key)),
+        Some(key) => signed.verify(key).is_ok() && walk.permits(key, size),
         None => options.keys.candidates(size).any(|k| signed.verify(k).is_ok()),
     };
     if !checkpoint_key_ok {
@@ -747,7 +744,7 @@ pub fn verify_export(dir: &Path, options: &Options<'_>) -> Result<Summary, Failu
     if let Some(anchor) = &anchor {
         let anchor_size = anchor.checkpoint.size;
         let key_ok = match key_at(anchor_size) {
-            Some(key) => anchor.verify(key).is_ok() && options.keys.permits(key, anchor_size, &walk.earlier_keys(key)),
+            Some(key) => anchor.verify(key).is_ok() && walk.permits(key, anchor_size),
             None => options.keys.candidates(anchor_size).any(|k| anchor.verify(k).is_ok()),
         };
         if !key_ok {
