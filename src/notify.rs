@@ -130,9 +130,7 @@ pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
     let mut head = ledger.watch_head();
     loop {
         while ledger.head().size > next {
-            let store = Arc::clone(ledger.store());
-            let from = next;
-            let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.entries(from, 256)).await else {
+            let Ok(entries) = ledger.entries(next, 256).await else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };

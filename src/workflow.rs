@@ -156,11 +156,7 @@ impl Workflow {
         let head = self.ledger.head().size;
         while state.size < head {
             let from = state.size;
-            let store = Arc::clone(self.ledger.store());
-            let entries = tokio::task::spawn_blocking(move || store.entries(from, 4096))
-                .await
-                .map_err(|e| WorkflowError::Read(e.to_string()))?
-                .map_err(|e| WorkflowError::Read(e.to_string()))?;
+            let entries = self.ledger.entries(from, 4096).await.map_err(|e| WorkflowError::Read(e.to_string()))?;
             if entries.is_empty() {
                 return Err(WorkflowError::Read(format!("entry {from} is missing")));
             }

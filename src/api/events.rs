@@ -63,9 +63,7 @@ async fn events(
                     return Some((Ok(sse_event(seq, &entry)), tail));
                 }
                 if tail.head.borrow().size > tail.next {
-                    let store = Arc::clone(tail.state.ledger.store());
-                    let from = tail.next;
-                    let entries = tokio::task::spawn_blocking(move || store.entries(from, 256)).await.ok()?.ok()?;
+                    let entries = tail.state.ledger.entries(tail.next, 256).await.ok()?;
                     for entry in entries {
                         tail.buffer.push_back((tail.next, entry));
                         tail.next += 1;

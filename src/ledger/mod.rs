@@ -219,6 +219,17 @@ impl Ledger {
         self.head.clone()
     }
 
+    /// Entries `from..from+limit` (fewer at the end), read off the async threads.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails or the read task is lost.
+    pub async fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.entries(from, limit))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the read task failed: {e}")))?
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
