@@ -401,37 +401,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await;
         }
         Command::End { grant, comment, client } => {
-            let body = serde_json::json!({"comment": comment});
-            return client_call(
-                &client,
-                Method::POST,
-                format!("/v1/grants/{grant}/end"),
-                Some(body),
-                portcullis::client::grant_row,
-            )
-            .await;
+            return grant_call(&client, &grant, "end", serde_json::json!({"comment": comment})).await;
         }
         Command::Extend { grant, duration, reason, client } => {
-            let body = serde_json::json!({"duration": duration, "reason": reason});
-            return client_call(
-                &client,
-                Method::POST,
-                format!("/v1/grants/{grant}/extend"),
-                Some(body),
-                portcullis::client::grant_row,
-            )
-            .await;
+            return grant_call(&client, &grant, "extend", serde_json::json!({"duration": duration, "reason": reason}))
+                .await;
         }
         Command::Revoke { grant, reason, client } => {
-            let body = serde_json::json!({"reason": reason});
-            return client_call(
-                &client,
-                Method::POST,
-                format!("/v1/grants/{grant}/revoke"),
-                Some(body),
-                portcullis::client::grant_row,
-            )
-            .await;
+            return grant_call(&client, &grant, "revoke", serde_json::json!({"reason": reason})).await;
         }
         Command::Access { cluster, namespace, kind, name, at, client } => {
             let mut path = format!("/v1/access?cluster={cluster}&namespace={namespace}&kind={kind}");
@@ -536,6 +513,12 @@ async fn decide_request(
 ) -> anyhow::Result<ExitCode> {
     let body = serde_json::json!({ "comment": comment });
     client_call(client, Method::POST, format!("/v1/requests/{id}/{verb}"), Some(body), decision_row).await
+}
+
+/// `end`, `extend` or `revoke` a grant with a JSON body; prints the grant.
+async fn grant_call(client: &ClientArgs, grant: &str, verb: &str, body: Value) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/grants/{grant}/{verb}");
+    client_call(client, Method::POST, path, Some(body), portcullis::client::grant_row).await
 }
 
 fn rows(page: &Value, row: fn(&Value) -> String) -> String {
