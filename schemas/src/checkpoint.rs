@@ -59,10 +59,7 @@ impl Checkpoint {
         if !note::valid_key_name(origin) {
             return Err(CheckpointError::Origin(origin.to_string()));
         }
-        let size_ok =
-            !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
-        let size_num: u64 =
-            size.parse().ok().filter(|_| size_ok).ok_or_else(|| CheckpointError::Size(size.to_string()))?;
+        let size_num = crate::keys::decimal(size).ok_or_else(|| CheckpointError::Size(size.to_string()))?;
         let root_hash: Hash = B64
             .decode(root)
             .ok()

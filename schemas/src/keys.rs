@@ -46,8 +46,9 @@ impl PinnedKey {
     }
 }
 
-/// A decimal number without sign or leading zeroes.
-fn decimal(s: &str) -> Option<u64> {
+/// A decimal number without sign or leading zeroes (the one form the format
+/// writes, in checkpoints, proof files and key ranges).
+pub(crate) fn decimal(s: &str) -> Option<u64> {
     let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     s.parse().ok().filter(|_| canonical)
 }

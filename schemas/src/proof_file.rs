@@ -87,13 +87,7 @@ impl ProofFile {
             line = lines.next().ok_or(ProofFileError::Malformed("no index line"))?;
         }
         let index_text = line.strip_prefix("index ").ok_or(ProofFileError::Malformed("expected an index line"))?;
-        let index_ok = !index_text.is_empty()
-            && index_text.bytes().all(|b| b.is_ascii_digit())
-            && (index_text == "0" || !index_text.starts_with('0'));
-        let index: u64 = index_text
-            .parse()
-            .ok()
-            .filter(|_| index_ok)
+        let index = crate::keys::decimal(index_text)
             .ok_or(ProofFileError::Malformed("index is not a decimal number without leading zeroes"))?;
         let proof = lines
             .map(|l| {
