@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub webhooks: Option<Vec<crate::notify::Webhook>>,
     /// OIDC bearer tokens (`[oidc]`); see `oidc`.
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// The clusters grants are applied to (`[reconciler]`); see `reconciler::config`.
+    pub reconciler: Option<crate::reconciler::config::ReconcilerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,7 @@ pub struct ServeConfig {
     tokens: Option<PathBuf>,
     pub webhooks: Vec<crate::notify::Webhook>,
     pub oidc: Option<crate::oidc::OidcConfig>,
+    pub reconciler: Option<crate::reconciler::config::ReconcilerConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
@@ -86,7 +89,11 @@ pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 /// # Errors
 /// [`ConfigError::Invalid`] for out-of-range values.
 pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
-    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens, webhooks: _, oidc: _ } = flags;
+    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens, webhooks: _, oidc: _, reconciler: _ } =
+        flags;
+    if let Some(reconciler) = &file.reconciler {
+        reconciler.validate().map_err(ConfigError::Invalid)?;
+    }
     let webhooks = file.webhooks.clone().unwrap_or_default();
     for webhook in &webhooks {
         webhook.validate().map_err(ConfigError::Invalid)?;
@@ -112,5 +119,6 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         tokens: tokens.or(file.tokens),
         webhooks,
         oidc: file.oidc.clone(),
+        reconciler: file.reconciler.clone(),
     })
 }

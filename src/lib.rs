@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod notify;
 pub mod oidc;
 pub mod policy;
+pub mod reconciler;
 pub mod serve;
 pub mod store;
 pub mod workflow;

@@ -297,8 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 checkpoint_interval_secs,
                 policy,
                 tokens,
-                webhooks: None,
-                oidc: None,
+                ..Default::default()
             };
             let config = serve_config(&common, flags)?;
             portcullis::serve::serve(config).await?;

@@ -8,8 +8,10 @@
 //!   ended grants, per-user history and access at a point in time are queries
 //!   on it.
 //! - [`rbac`]: the effective RBAC rules of a grant.
+//! - [`cluster`]: what the reconciler observed in the clusters, and its fold.
 //! - [`ledger_stats`]: the ledger's own bookkeeping (keys, kinds).
 
+pub mod cluster;
 pub mod events;
 pub mod ledger_stats;
 pub mod rbac;

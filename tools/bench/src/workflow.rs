@@ -143,6 +143,11 @@ where
     Ok(latencies)
 }
 
+fn mem(stage: &str) {
+    let mi = unsafe { libc::mallinfo2() };
+    eprintln!("MEM {stage}: rss {:.0} MiB, heap in use {:.0} MiB, heap free {:.0} MiB, mmap {:.0} MiB", rss_mib(), mi.uordblks as f64 / 1048576.0, mi.fordblks as f64 / 1048576.0, mi.hblkhd as f64 / 1048576.0);
+}
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -167,6 +172,7 @@ pub async fn bench(dir: &Path, events: u64, grants: u64, out: &mut String) -> an
         tokio::task::spawn_blocking(move || thread.join()).await?;
     }
 
+    mem("after populate");
     // Baseline: reading and parsing every entry, the least a rebuild must do.
     let store = SqliteStore::open(&dir.join("ledger.db"))?;
     let started = Instant::now();
@@ -183,12 +189,20 @@ pub async fn bench(dir: &Path, events: u64, grants: u64, out: &mut String) -> an
     }
     let parse_only = started.elapsed();
     drop(store);
+    mem("after parse baseline");
 
     let started = Instant::now();
     let (ledger, thread) =
         Ledger::open(Arc::new(SqliteStore::open(&dir.join("ledger.db"))?), key()?, LedgerConfig::default())?;
     let workflow = Workflow::open(ledger.clone(), Some(Arc::clone(&policy))).await?;
     let cold = started.elapsed();
+    mem("after cold start");
+    {
+        let st = workflow.current().await?;
+        eprintln!("STATE requests {} grants {} extensions {}", st.requests.len(), st.grants.len(), st.extensions.len());
+    }
+    unsafe { libc::malloc_trim(0) };
+    mem("after trim");
     let active = workflow
         .current()
         .await?
@@ -254,6 +268,7 @@ pub async fn bench(dir: &Path, events: u64, grants: u64, out: &mut String) -> an
     };
     let cycles = at_rate(100, 5, cycle).await?;
     let rss = rss_mib();
+    mem("end");
     server.abort();
     bare_server.abort();
     drop(workflow);
