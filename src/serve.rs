@@ -200,7 +200,24 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         } else {
             let _ = writeln!(out, "  tokens:       {}", config.tokens_path().display());
         }
-        let _ = writeln!(out, "  not configured: clusters (no reconciler runs: grants are recorded, not applied),");
+        match config.reconciler.as_ref().filter(|r| !r.clusters.is_empty()) {
+            Some(reconciler) => {
+                let names: Vec<&str> = reconciler.clusters.iter().map(|c| c.name.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "  clusters:     {} (grants become Roles and RoleBindings; leader lease {}/{})",
+                    names.join(", "),
+                    reconciler.lease_namespace,
+                    reconciler.lease_name
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  not configured: clusters ([reconciler] in the config file; grants are recorded, not applied),"
+                );
+            }
+        }
         match &config.oidc {
             Some(oidc) => {
                 let _ = writeln!(
@@ -248,13 +265,26 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let warnings = workflow.clone().filter(|_| !config.webhooks.is_empty()).map(|workflow| {
         tokio::spawn(crate::notify::run_warnings(workflow, config.webhooks.clone(), crate::notify::WARNING_LEAD))
     });
+    let reconciler = match (config.reconciler.as_ref().filter(|r| !r.clusters.is_empty()), &workflow) {
+        (Some(settings), Some(workflow)) => {
+            let identity = crate::reconciler::default_identity();
+            Some(Arc::new(crate::reconciler::Reconciler::start(settings, Arc::clone(workflow), identity).await?))
+        }
+        (Some(_), None) => anyhow::bail!("[reconciler] clusters are configured but no policy is: grants need a policy"),
+        (None, _) => None,
+    };
     let mut state = AppState::new(ledger.clone(), workflow, tokens);
     state.oidc = oidc;
+    state.reconciler = reconciler.clone();
     let state = Arc::new(state);
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
     for task in [scheduler, notifier, warnings].into_iter().flatten() {
         task.abort();
+    }
+    // The reconciler hands its leases over and records what it still holds before the ledger closes.
+    if let Some(reconciler) = &reconciler {
+        reconciler.shutdown().await;
     }
     ledger.close().await;
     checkpointer.abort();

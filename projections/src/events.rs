@@ -61,7 +61,7 @@ pub struct RbacRule {
 }
 
 /// Where a decision came from: the policy rule and the policy's hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Basis {
     pub rule: String,

@@ -7,12 +7,14 @@
 //! - [`state`]: requests, grants and extensions; pending requests, active and
 //!   ended grants, per-user history and access at a point in time are queries
 //!   on it.
+//! - [`intern`]: the values many records share (people, targets, rules), kept once.
 //! - [`rbac`]: the effective RBAC rules of a grant.
 //! - [`cluster`]: what the reconciler observed in the clusters, and its fold.
 //! - [`ledger_stats`]: the ledger's own bookkeeping (keys, kinds).
 
 pub mod cluster;
 pub mod events;
+pub mod intern;
 pub mod ledger_stats;
 pub mod rbac;
 pub mod state;

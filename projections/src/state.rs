@@ -1,18 +1,29 @@
 //! The workflow's state and `evolve`: folding events into requests, grants
 //! and extensions. Pure and total: an event the state cannot place (unknown
 //! ids, other kinds) leaves it unchanged.
+//!
+//! Every request ever made stays in the state (the API answers for closed
+//! ones too), so a request is a compact record: what many requests repeat
+//! (the requester, the target, the rule and policy hash, who decided) is an
+//! [`Arc`] to one shared value (see [`crate::intern`]), the free text is a
+//! `Box<str>` without spare capacity, and the record itself is boxed so the
+//! map's nodes, often half full, hold pointers rather than records.
 
 use crate::events::{Basis, GrantId, Payload, RbacRule, RequestId, ts};
+use crate::intern::Interned;
 use crate::types::{Span, Target};
 use portcullis_format::event::{Actor, Event, EventId};
 use portcullis_format::time::Timestamp;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+/// A decision or a closing: who, when, and what they said.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Approval {
-    pub by: String,
+    /// Shared with every other record by the same subject.
+    pub by: Arc<str>,
     pub at: Timestamp,
-    pub comment: Option<String>,
+    pub comment: Option<Box<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,17 +51,20 @@ impl RequestStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub id: RequestId,
-    pub requester: Actor,
+    /// Shared with the requester's other requests.
+    pub requester: Arc<Actor>,
     pub created_at: Timestamp,
-    pub target: Target,
+    /// Shared with every request for the same target.
+    pub target: Arc<Target>,
     pub duration: Span,
-    pub reason: String,
-    pub ticket: Option<String>,
+    pub reason: Box<str>,
+    pub ticket: Option<Box<str>>,
     pub break_glass: bool,
     pub approvals_needed: u32,
-    pub approvals: Vec<Approval>,
+    pub approvals: Box<[Approval]>,
     pub pending_expires_at: Timestamp,
-    pub basis: Basis,
+    /// Shared with every request decided under the same rule and policy.
+    pub basis: Arc<Basis>,
     pub status: RequestStatus,
     /// Who closed it (denied, cancelled) and when, with the comment.
     pub closed: Option<Approval>,
@@ -138,7 +152,8 @@ pub enum Due {
 /// Everything the workflow knows, folded from the ledger.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    pub requests: BTreeMap<RequestId, Request>,
+    /// Every request, open or closed. Boxed: see the module documentation.
+    pub requests: BTreeMap<RequestId, Box<Request>>,
     pub grants: BTreeMap<GrantId, Grant>,
     pub extensions: BTreeMap<EventId, Extension>,
     /// Events folded (the next expected seq).
@@ -147,10 +162,17 @@ pub struct State {
     pub policy: Option<(String, String)>,
     /// Proposed policies by hash: text and proposer.
     pub proposals: BTreeMap<String, (String, String)>,
+    /// The values the records share.
+    interned: Interned,
 }
 
 fn id(s: &str) -> Option<EventId> {
     EventId::parse(s)
+}
+
+/// A decision by `sub` at `at`, the subject shared with their other decisions.
+fn approval(interned: &mut Interned, sub: &str, at: Timestamp, comment: Option<String>) -> Approval {
+    Approval { by: interned.sub(sub), at, comment: comment.map(String::into_boxed_str) }
 }
 
 impl State {
@@ -175,37 +197,42 @@ impl State {
 
     fn apply(&mut self, event: &Event, payload: Payload) -> Option<()> {
         let at = event.ts;
-        let by = event.draft.actor.sub.clone();
+        let sub = &event.draft.actor.sub;
         match payload {
             Payload::RequestCreated(d) => {
+                let (target, duration) = (d.target.to_target()?, Span::from_secs(d.duration_secs)?);
+                let pending_expires_at = ts(&d.pending_expires_at)?;
                 let request = Request {
                     id: event.draft.id,
-                    requester: event.draft.actor.clone(),
+                    requester: self.interned.actor(&event.draft.actor),
                     created_at: at,
-                    target: d.target.to_target()?,
-                    duration: Span::from_secs(d.duration_secs)?,
-                    reason: d.reason,
-                    ticket: d.ticket,
+                    target: self.interned.target(target),
+                    duration,
+                    reason: d.reason.into_boxed_str(),
+                    ticket: d.ticket.map(String::into_boxed_str),
                     break_glass: d.break_glass,
                     approvals_needed: d.approvals_needed,
-                    approvals: Vec::new(),
-                    pending_expires_at: ts(&d.pending_expires_at)?,
-                    basis: d.basis,
+                    approvals: Box::default(),
+                    pending_expires_at,
+                    basis: self.interned.basis(d.basis),
                     status: RequestStatus::Pending,
                     closed: None,
                     grant: None,
                     seq: event.seq,
                 };
-                self.requests.insert(request.id, request);
+                self.requests.insert(request.id, Box::new(request));
             }
             Payload::RequestApproved(d) => {
                 let request = self.requests.get_mut(&id(&d.request_id)?)?;
-                request.approvals.push(Approval { by, at, comment: d.comment });
+                // Approvals come one at a time and are few: the slice is rebuilt rather than kept with spare room.
+                let mut approvals = std::mem::take(&mut request.approvals).into_vec();
+                approvals.push(approval(&mut self.interned, sub, at, d.comment));
+                request.approvals = approvals.into_boxed_slice();
             }
             Payload::RequestDenied(d) => {
                 let request = self.requests.get_mut(&id(&d.request_id)?)?;
                 request.status = RequestStatus::Denied;
-                request.closed = Some(Approval { by, at, comment: d.comment });
+                request.closed = Some(approval(&mut self.interned, sub, at, d.comment));
             }
             Payload::RequestCancelled(d) | Payload::RequestExpired(d) => {
                 let request = self.requests.get_mut(&id(&d.request_id)?)?;
@@ -214,7 +241,7 @@ impl State {
                 } else {
                     RequestStatus::Expired
                 };
-                request.closed = Some(Approval { by, at, comment: None });
+                request.closed = Some(approval(&mut self.interned, sub, at, None));
             }
             Payload::GrantActivated(d) => {
                 let request_id = id(&d.request_id)?;
@@ -250,14 +277,14 @@ impl State {
                 };
                 let grant = self.grants.get_mut(&id(&d.grant_id)?)?;
                 grant.status = status;
-                grant.ended = Some(Approval { by, at, comment: d.comment });
+                grant.ended = Some(approval(&mut self.interned, sub, at, d.comment));
             }
             Payload::ExtensionRequested(d) => {
                 let grant_id = id(&d.grant_id)?;
                 let extension = Extension {
                     id: event.draft.id,
                     grant_id,
-                    requester: by,
+                    requester: sub.clone(),
                     duration: Span::from_secs(d.duration_secs)?,
                     reason: d.reason,
                     approvals_needed: d.approvals_needed,
@@ -270,7 +297,7 @@ impl State {
             }
             Payload::ExtensionApproved(d) => {
                 let extension = self.extensions.get_mut(&id(&d.extension_id)?)?;
-                extension.approvals.push(Approval { by, at, comment: d.comment });
+                extension.approvals.push(approval(&mut self.interned, sub, at, d.comment));
             }
             Payload::ExtensionDenied(d) => {
                 self.extensions.get_mut(&id(&d.extension_id)?)?.status = ExtensionStatus::Denied;
@@ -284,10 +311,11 @@ impl State {
                 self.policy = Some((d.policy_hash, d.text));
             }
             Payload::PolicyProposed(d) => {
-                self.proposals.insert(d.policy_hash, (d.text, by));
+                self.proposals.insert(d.policy_hash, (d.text, sub.clone()));
             }
             Payload::BreakGlassReviewed(d) => {
-                self.grants.get_mut(&id(&d.grant_id)?)?.reviewed = Some(Approval { by, at, comment: Some(d.comment) });
+                let grant = self.grants.get_mut(&id(&d.grant_id)?)?;
+                grant.reviewed = Some(approval(&mut self.interned, sub, at, Some(d.comment)));
             }
         }
         Some(())
@@ -327,14 +355,15 @@ impl State {
     /// Pending requests, oldest first.
     pub fn pending(&self) -> Vec<&Request> {
         let mut pending: Vec<&Request> =
-            self.requests.values().filter(|r| r.status == RequestStatus::Pending).collect();
+            self.requests.values().map(|r| &**r).filter(|r| r.status == RequestStatus::Pending).collect();
         pending.sort_by_key(|r| r.seq);
         pending
     }
 
     /// One person's requests and grants, in ledger order.
     pub fn history(&self, sub: &str) -> (Vec<&Request>, Vec<&Grant>) {
-        let mut requests: Vec<&Request> = self.requests.values().filter(|r| r.requester.sub == sub).collect();
+        let mut requests: Vec<&Request> =
+            self.requests.values().map(|r| &**r).filter(|r| r.requester.sub == sub).collect();
         requests.sort_by_key(|r| r.seq);
         let mut grants: Vec<&Grant> = self.grants.values().filter(|g| g.requester == sub).collect();
         grants.sort_by_key(|g| g.seq);

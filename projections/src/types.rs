@@ -247,7 +247,7 @@ impl fmt::Display for Span {
 }
 
 /// What is asked for: which objects, in which cluster and namespace, at which level.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Target {
     pub cluster: Name,
     pub namespace: Name,

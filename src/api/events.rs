@@ -115,5 +115,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
         );
         let _ = writeln!(out, "portcullis_break_glass_unreviewed {unreviewed}");
     }
+    if let Some(reconciler) = &state.reconciler {
+        reconciler.render_metrics(&mut out);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
 }

@@ -5,6 +5,7 @@
 //! problem+json with a stable `type`; 5xx bodies never carry internals (the
 //! details go to the log).
 
+mod clusters;
 mod events;
 pub mod idempotency;
 mod ledger;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub oidc: Option<crate::oidc::Oidc>,
     pub limiter: limit::RateLimiter,
     pub idempotency: idempotency::IdempotencyCache,
+    /// The cluster reconciler, when clusters are configured.
+    pub reconciler: Option<Arc<crate::reconciler::Reconciler>>,
 }
 
 impl AppState {
@@ -42,6 +45,7 @@ impl AppState {
             oidc: None,
             limiter: limit::RateLimiter::default(),
             idempotency: idempotency::IdempotencyCache::default(),
+            reconciler: None,
         }
     }
 
@@ -60,6 +64,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(ledger::router())
         .merge(workflow::router())
         .merge(events::router())
+        .merge(clusters::router())
         .route("/v1/openapi.json", axum::routing::get(|| async { axum::Json(openapi::document()) }))
         .fallback(|| async { ApiError::NoRoute })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), idempotency::layer))

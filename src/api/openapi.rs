@@ -168,6 +168,19 @@ pub const OPERATIONS: &[Operation] = &[
         ..op("post", "/v1/policy/{hash}/approve", "approvePolicy", "Put a proposed policy in force (a second admin)")
     },
     Operation {
+        success: (200, "ClusterList"),
+        ..op("get", "/v1/clusters", "listClusters", "Each cluster's reconciler: leadership, sync, counters")
+    },
+    Operation {
+        success: (200, "StandingAccess"),
+        ..op(
+            "get",
+            "/v1/clusters/{cluster}/standing-access",
+            "standingAccess",
+            "Bindings made outside Portcullis that let people edit the managed kinds",
+        )
+    },
+    Operation {
         success: (200, "EventStream"),
         query: &[("cursor", false)],
         ..op("get", "/v1/events", "events", "The ledger as Server-Sent Events, then live")
@@ -232,6 +245,20 @@ fn schemas() -> Value {
     json!({
         "Problem": open_object(json!({"type": string(), "title": string(), "status": {"type": "integer"}, "detail": string(), "field": string()})),
         "Any": {},
+        "ClusterList": page("Cluster"),
+        "Cluster": open_object(json!({
+            "name": string(), "leader": {"type": "boolean"}, "synced": {"type": "boolean"},
+            "last_error": nullable_string(), "applied": {"type": "integer"}, "removed": {"type": "integer"},
+            "removed_late": {"type": "integer"}, "drift": {"type": "integer"}, "standing_access": {"type": "integer"},
+        })),
+        "StandingAccess": open_object(json!({
+            "cluster": string(), "scanned_at": nullable_string(),
+            "items": {"type": "array", "items": open_object(json!({
+                "binding_kind": {"enum": ["RoleBinding", "ClusterRoleBinding"]}, "namespace": string(), "name": string(),
+                "role": string(), "subjects": {"type": "array", "items": string()},
+                "kinds": {"type": "array", "items": string()},
+            }))},
+        })),
         "Text": string(),
         "Binary": {"type": "string", "contentEncoding": "binary"},
         "OpenApi": {"type": "object"},

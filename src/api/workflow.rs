@@ -108,7 +108,7 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn approval(a: &Approval) -> Value {
-    json!({"by": a.by, "at": a.at.to_string(), "comment": a.comment})
+    json!({"by": &*a.by, "at": a.at.to_string(), "comment": a.comment})
 }
 
 fn target_view(t: &Target) -> Value {

@@ -236,14 +236,14 @@ pub fn decide(
             if !rule.may_approve(actor) {
                 return Err(Rejection::Forbidden(format!("you are not an approver of rule {:?}", rule.name())));
             }
-            if request.approvals.iter().any(|a| a.by == actor.sub) {
+            if request.approvals.iter().any(|a| *a.by == actor.sub) {
                 return Err(Rejection::Conflict("you have already approved this request".into()));
             }
             let decision = RequestDecision { request_id: request.id.to_string(), comment, basis: basis(rule, policy) };
             let mut events = vec![draft(0, Payload::RequestApproved(decision))];
             // N distinct approvers: this approval plus the earlier ones (all distinct, checked above).
             if request.approvals.len() as u32 + 1 >= request.approvals_needed {
-                let mut approvers: Vec<String> = request.approvals.iter().map(|a| a.by.clone()).collect();
+                let mut approvers: Vec<String> = request.approvals.iter().map(|a| a.by.to_string()).collect();
                 approvers.push(actor.sub.clone());
                 let activated = activation(
                     request.id,
@@ -362,7 +362,7 @@ pub fn decide(
             if !rule.may_approve(actor) {
                 return Err(Rejection::Forbidden(format!("you are not an approver of rule {:?}", rule.name())));
             }
-            if extension.approvals.iter().any(|a| a.by == actor.sub) {
+            if extension.approvals.iter().any(|a| *a.by == actor.sub) {
                 return Err(Rejection::Conflict("you have already approved this extension".into()));
             }
             let decision = ExtensionDecision {

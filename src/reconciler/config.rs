@@ -6,6 +6,8 @@
 //! lease_namespace = "portcullis"          # where each cluster's Lease lives (leader election)
 //! lease_name = "portcullis-reconciler"
 //! revoke_sla_ms = 1000                    # a removal later than this after expiry is reported
+//! lease_duration_secs = 15                # a leader silent this long is replaced
+//! standing_scan_secs = 60                 # how often bindings made outside Portcullis are looked for
 //!
 //! [[reconciler.clusters]]
 //! name = "prod"                           # the `cluster` of requests
@@ -28,6 +30,12 @@ pub struct ReconcilerConfig {
     pub lease_name: String,
     #[serde(default = "default_sla")]
     pub revoke_sla_ms: u64,
+    /// How long a Lease holds without renewal before another replica may take it.
+    #[serde(default = "default_lease_duration")]
+    pub lease_duration_secs: u64,
+    /// How often bindings made outside Portcullis are looked for.
+    #[serde(default = "default_standing_scan")]
+    pub standing_scan_secs: u64,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
 }
@@ -65,6 +73,14 @@ fn default_sla() -> u64 {
     1000
 }
 
+fn default_lease_duration() -> u64 {
+    15
+}
+
+fn default_standing_scan() -> u64 {
+    60
+}
+
 fn default_subject_kind() -> SubjectKind {
     SubjectKind::User
 }
@@ -94,6 +110,12 @@ impl ReconcilerConfig {
             .map_err(|e| e.to_string())?;
         if !(1..=3_600_000).contains(&self.revoke_sla_ms) {
             return Err(format!("reconciler.revoke_sla_ms must be 1 to 3600000, not {}", self.revoke_sla_ms));
+        }
+        if !(2..=300).contains(&self.lease_duration_secs) {
+            return Err(format!("reconciler.lease_duration_secs must be 2 to 300, not {}", self.lease_duration_secs));
+        }
+        if !(1..=86_400).contains(&self.standing_scan_secs) {
+            return Err(format!("reconciler.standing_scan_secs must be 1 to 86400, not {}", self.standing_scan_secs));
         }
         let mut seen = std::collections::BTreeSet::new();
         for cluster in &self.clusters {
