@@ -115,6 +115,8 @@ fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 struct Queued {
     applied: BTreeMap<String, String>,
     removed: BTreeSet<String>,
+    /// Grants whose objects a task is deleting right now (their removal is about to be recorded).
+    removing: BTreeSet<String>,
 }
 
 pub(super) struct Cluster {
@@ -410,6 +412,17 @@ impl Cluster {
 
     /// Deletes a grant's RoleBinding, then its Role, and records why.
     async fn remove(&self, key: &Key, grant: Option<String>, cause: Option<(String, Timestamp)>) -> Result<(), ()> {
+        if let Some(grant) = &grant {
+            lock(&self.queued).removing.insert(grant.clone());
+        }
+        let result = self.delete_and_record(key, grant.clone(), cause).await;
+        if let Some(grant) = &grant {
+            lock(&self.queued).removing.remove(grant);
+        }
+        result
+    }
+
+    async fn delete_and_record(&self, key: &Key, grant: Option<String>, cause: Option<(String, Timestamp)>) -> Result<(), ()> {
         let (namespace, name) = key;
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
         let roles: Api<Role> = Api::namespaced(self.client.clone(), namespace);
@@ -542,7 +555,8 @@ impl Cluster {
             let applied = record.applied.contains_key(grant);
             let name = desired::object_name(grant);
             let present = roles.keys().chain(bindings.keys()).any(|(_, n)| *n == name);
-            if applied && !present && !self.removed_recorded(&record, grant) {
+            let in_flight = lock(&self.queued).removing.contains(grant);
+            if applied && !present && !in_flight && !self.removed_recorded(&record, grant) {
                 let namespace = self.namespace_of(grant).await.unwrap_or_default();
                 let key = (namespace, name);
                 self.record(removed(&self.config.name, &key, grant, "absent", *due, at, None));
