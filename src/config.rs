@@ -89,8 +89,17 @@ pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
 /// # Errors
 /// [`ConfigError::Invalid`] for out-of-range values.
 pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
-    let FileConfig { data_dir, listen, origin, checkpoint_interval_secs, policy, tokens, webhooks: _, oidc: _, reconciler: _ } =
-        flags;
+    let FileConfig {
+        data_dir,
+        listen,
+        origin,
+        checkpoint_interval_secs,
+        policy,
+        tokens,
+        webhooks: _,
+        oidc: _,
+        reconciler: _,
+    } = flags;
     if let Some(reconciler) = &file.reconciler {
         reconciler.validate().map_err(ConfigError::Invalid)?;
     }

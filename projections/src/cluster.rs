@@ -349,7 +349,8 @@ mod tests {
                     subjects: vec!["User:bob".into()],
                     kinds: vec!["ingresses.networking.k8s.io".into()],
                 };
-                let (found, gone) = if rv % 2 == 0 { (vec![binding], Vec::new()) } else { (Vec::new(), vec![binding.key()]) };
+                let (found, gone) =
+                    if rv % 2 == 0 { (vec![binding], Vec::new()) } else { (Vec::new(), vec![binding.key()]) };
                 Observation::StandingAccess(StandingAccess {
                     cluster: "prod".into(),
                     found,

@@ -78,7 +78,8 @@ pub async fn clients_for(cluster: &ClusterConfig) -> anyhow::Result<Clients> {
     // A watch ends server-side after at most 290 s (kube's default timeoutSeconds):
     // silence for longer means a dead connection.
     watch.read_timeout = Some(Duration::from_secs(330));
-    let build = |c: Config| Client::try_from(c).with_context(|| format!("cluster {}: building the client", cluster.name));
+    let build =
+        |c: Config| Client::try_from(c).with_context(|| format!("cluster {}: building the client", cluster.name));
     Ok(Clients { act: build(act)?, watch: build(watch)? })
 }
 
@@ -105,7 +106,11 @@ impl Reconciler {
     ///
     /// # Errors
     /// When a cluster's kubeconfig cannot be used (an unreachable API server is not an error: it is retried).
-    pub async fn start(config: &ReconcilerConfig, workflow: Arc<Workflow>, identity: String) -> anyhow::Result<Reconciler> {
+    pub async fn start(
+        config: &ReconcilerConfig,
+        workflow: Arc<Workflow>,
+        identity: String,
+    ) -> anyhow::Result<Reconciler> {
         let (stop, stop_rx) = watch::channel(false);
         let (mut clusters, mut leases, mut all_tasks) = (Vec::new(), Vec::new(), Vec::new());
         for cluster in &config.clusters {
@@ -129,7 +134,9 @@ impl Reconciler {
     pub fn status(&self) -> Vec<(String, Status)> {
         self.clusters
             .iter()
-            .map(|c| (c.config.name.clone(), c.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()))
+            .map(|c| {
+                (c.config.name.clone(), c.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+            })
             .collect()
     }
 
@@ -142,7 +149,11 @@ impl Reconciler {
     pub fn render_metrics(&self, out: &mut String) {
         let status = self.status();
         let counters = [
-            ("portcullis_bindings_applied_total", "Grant bindings applied.", (|m: &Metrics| m.applied) as fn(&Metrics) -> u64),
+            (
+                "portcullis_bindings_applied_total",
+                "Grant bindings applied.",
+                (|m: &Metrics| m.applied) as fn(&Metrics) -> u64,
+            ),
             ("portcullis_bindings_removed_total", "Grant bindings removed.", |m| m.removed),
             ("portcullis_bindings_removed_late_total", "Removals later than the revocation SLA.", |m| m.late),
             ("portcullis_drift_total", "Managed objects restored or removed for drift.", |m| m.drift),

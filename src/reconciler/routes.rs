@@ -49,7 +49,9 @@ fn walk(path: &str, from: &Value, to: &Value, out: &mut Vec<SpecChange>) {
 }
 
 /// The field managers of an object, from `metadata.managedFields`.
-pub fn managers(managed: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry]>) -> Vec<FieldManager> {
+pub fn managers(
+    managed: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry]>,
+) -> Vec<FieldManager> {
     managed
         .unwrap_or_default()
         .iter()
@@ -62,7 +64,14 @@ pub fn managers(managed: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1
 }
 
 /// The grants of `cluster` that give access to the object at `at`.
-pub fn covering_grants(state: &State, cluster: &str, namespace: &str, kind: Kind, name: &str, at: Timestamp) -> Vec<String> {
+pub fn covering_grants(
+    state: &State,
+    cluster: &str,
+    namespace: &str,
+    kind: Kind,
+    name: &str,
+    at: Timestamp,
+) -> Vec<String> {
     state
         .grants
         .values()

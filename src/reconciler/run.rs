@@ -31,8 +31,8 @@ use futures_util::StreamExt;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use portcullis_format::event::{Actor, EventId, ParsedEntry};
 use portcullis_format::time::Timestamp;
@@ -358,7 +358,8 @@ impl Cluster {
                 let observed = lock(&self.observed);
                 let mut due: BTreeMap<Key, (Option<String>, Timestamp)> = BTreeMap::new();
                 let mut next: Option<Timestamp> = None;
-                let metas = observed.roles.values().map(|r| &r.metadata).chain(observed.bindings.values().map(|b| &b.metadata));
+                let metas =
+                    observed.roles.values().map(|r| &r.metadata).chain(observed.bindings.values().map(|b| &b.metadata));
                 for meta in metas {
                     let (grant, expires) = annotations_of(meta);
                     let Some(expires) = expires else { continue };
@@ -371,7 +372,11 @@ impl Cluster {
                 (due, next)
             };
             let failed = !self.remove_all(due, |_, expires| Some(("expired".to_string(), expires))).await;
-            backoff = if failed { (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(1)) } else { Duration::ZERO };
+            backoff = if failed {
+                (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
+            } else {
+                Duration::ZERO
+            };
             let wait = if failed {
                 jitter(backoff)
             } else {
@@ -422,7 +427,12 @@ impl Cluster {
         result
     }
 
-    async fn delete_and_record(&self, key: &Key, grant: Option<String>, cause: Option<(String, Timestamp)>) -> Result<(), ()> {
+    async fn delete_and_record(
+        &self,
+        key: &Key,
+        grant: Option<String>,
+        cause: Option<(String, Timestamp)>,
+    ) -> Result<(), ()> {
         let (namespace, name) = key;
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
         let roles: Api<Role> = Api::namespaced(self.client.clone(), namespace);
@@ -500,7 +510,11 @@ impl Cluster {
                     true
                 }
             };
-            backoff = if failed { (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5)) } else { Duration::ZERO };
+            backoff = if failed {
+                (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+            } else {
+                Duration::ZERO
+            };
             let wait = if failed { jitter(backoff) } else { Duration::from_secs(30) };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -608,9 +622,11 @@ impl Cluster {
         let was_ours = |meta_ok: bool, present: bool, check: &dyn Fn(&Desired) -> bool| {
             present && !meta_ok && previous.is_some_and(|p| check(&with_expiry(d, p)))
         };
-        let role_extension = was_ours(role_ok, role.is_some(), &|p| role.is_some_and(|r| desired::role_matches(r, &p.role)));
-        let binding_extension =
-            was_ours(binding_ok, binding.is_some(), &|p| binding.is_some_and(|b| desired::binding_matches(b, &p.binding)));
+        let role_extension =
+            was_ours(role_ok, role.is_some(), &|p| role.is_some_and(|r| desired::role_matches(r, &p.role)));
+        let binding_extension = was_ours(binding_ok, binding.is_some(), &|p| {
+            binding.is_some_and(|b| desired::binding_matches(b, &p.binding))
+        });
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let roles: Api<Role> = Api::namespaced(self.client.clone(), &d.namespace);
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &d.namespace);
@@ -634,13 +650,15 @@ impl Cluster {
         }
         let observed_at = now().to_string();
         let was_applied = record.applied.contains_key(&d.grant_id);
-        for (kind, present, ok, extension) in
-            [("Role", role.is_some(), role_ok, role_extension), ("RoleBinding", binding.is_some(), binding_ok, binding_extension)]
-        {
+        for (kind, present, ok, extension) in [
+            ("Role", role.is_some(), role_ok, role_extension),
+            ("RoleBinding", binding.is_some(), binding_ok, binding_extension),
+        ] {
             if ok || extension || (!present && !was_applied) {
                 continue;
             }
-            let detail = if present { "edited outside Portcullis; restored" } else { "deleted outside Portcullis; restored" };
+            let detail =
+                if present { "edited outside Portcullis; restored" } else { "deleted outside Portcullis; restored" };
             self.record(Observation::Drift(Drift {
                 cluster: self.config.name.clone(),
                 namespace: key.0.clone(),
@@ -759,7 +777,13 @@ impl Cluster {
             .collect()
     }
 
-    async fn route_event(&self, kind: Kind, object: DynamicObject, deleted: bool, latest: &mut BTreeMap<Key, RouteRecord>) {
+    async fn route_event(
+        &self,
+        kind: Kind,
+        object: DynamicObject,
+        deleted: bool,
+        latest: &mut BTreeMap<Key, RouteRecord>,
+    ) {
         let key = key_of(&object.metadata);
         let spec = if deleted { serde_json::Value::Null } else { object.data.get("spec").cloned().unwrap_or_default() };
         let text = routes::spec_text(&spec);

@@ -66,22 +66,23 @@ pub fn find(objects: &RbacObjects) -> Vec<StandingBinding> {
         }
     };
     let mut out = Vec::new();
-    let mut report = |binding_kind: &str, namespace: &str, name: &str, role: &RoleRef, subjects: &Option<Vec<Subject>>| {
-        let mut kinds: Vec<String> = rules_of(namespace, role).iter().flat_map(writable_kinds).collect();
-        kinds.sort();
-        kinds.dedup();
-        if kinds.is_empty() {
-            return;
-        }
-        out.push(StandingBinding {
-            binding_kind: binding_kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-            role: format!("{}/{}", role.kind, role.name),
-            subjects: subjects.iter().flatten().map(subject_text).collect(),
-            kinds,
-        });
-    };
+    let mut report =
+        |binding_kind: &str, namespace: &str, name: &str, role: &RoleRef, subjects: &Option<Vec<Subject>>| {
+            let mut kinds: Vec<String> = rules_of(namespace, role).iter().flat_map(writable_kinds).collect();
+            kinds.sort();
+            kinds.dedup();
+            if kinds.is_empty() {
+                return;
+            }
+            out.push(StandingBinding {
+                binding_kind: binding_kind.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+                role: format!("{}/{}", role.kind, role.name),
+                subjects: subjects.iter().flatten().map(subject_text).collect(),
+                kinds,
+            });
+        };
     for b in objects.bindings.iter().filter(|b| !managed(b.metadata.labels.as_ref())) {
         let namespace = b.metadata.namespace.as_deref().unwrap_or("");
         report("RoleBinding", namespace, b.metadata.name.as_deref().unwrap_or(""), &b.role_ref, &b.subjects);
@@ -129,9 +130,18 @@ mod tests {
     fn bindings_that_let_people_write_managed_kinds_are_reported_and_ours_are_not() {
         let objects = RbacObjects {
             roles: vec![
-                Role { metadata: meta(Some("shop"), "route-editor", false), rules: Some(vec![rule(&["gateway.networking.k8s.io"], &["httproutes"], &["patch"])]) },
-                Role { metadata: meta(Some("shop"), "viewer", false), rules: Some(vec![rule(&["networking.k8s.io"], &["ingresses"], &["get", "list"])]) },
-                Role { metadata: meta(Some("shop"), "portcullis-1", true), rules: Some(vec![rule(&["networking.k8s.io"], &["ingresses"], &["patch"])]) },
+                Role {
+                    metadata: meta(Some("shop"), "route-editor", false),
+                    rules: Some(vec![rule(&["gateway.networking.k8s.io"], &["httproutes"], &["patch"])]),
+                },
+                Role {
+                    metadata: meta(Some("shop"), "viewer", false),
+                    rules: Some(vec![rule(&["networking.k8s.io"], &["ingresses"], &["get", "list"])]),
+                },
+                Role {
+                    metadata: meta(Some("shop"), "portcullis-1", true),
+                    rules: Some(vec![rule(&["networking.k8s.io"], &["ingresses"], &["patch"])]),
+                },
             ],
             cluster_roles: vec![ClusterRole {
                 metadata: meta(None, "admin-ish", false),
@@ -139,9 +149,21 @@ mod tests {
                 ..ClusterRole::default()
             }],
             bindings: vec![
-                RoleBinding { metadata: meta(Some("shop"), "bob-routes", false), role_ref: role_ref("Role", "route-editor"), subjects: user("bob") },
-                RoleBinding { metadata: meta(Some("shop"), "carol-view", false), role_ref: role_ref("Role", "viewer"), subjects: user("carol") },
-                RoleBinding { metadata: meta(Some("shop"), "portcullis-1", true), role_ref: role_ref("Role", "portcullis-1"), subjects: user("alice") },
+                RoleBinding {
+                    metadata: meta(Some("shop"), "bob-routes", false),
+                    role_ref: role_ref("Role", "route-editor"),
+                    subjects: user("bob"),
+                },
+                RoleBinding {
+                    metadata: meta(Some("shop"), "carol-view", false),
+                    role_ref: role_ref("Role", "viewer"),
+                    subjects: user("carol"),
+                },
+                RoleBinding {
+                    metadata: meta(Some("shop"), "portcullis-1", true),
+                    role_ref: role_ref("Role", "portcullis-1"),
+                    subjects: user("alice"),
+                },
             ],
             cluster_bindings: vec![ClusterRoleBinding {
                 metadata: meta(None, "ops-admin", false),

@@ -276,9 +276,11 @@ async fn a_grant_lets_the_person_edit_exactly_the_named_ingress_until_they_end_i
     let applied = observations.iter().filter(|o| matches!(o, Observation::BindingApplied(a) if a.grant_id == grant_id));
     assert_eq!(applied.count(), 1);
     eventually(Duration::from_secs(3), "the removal recorded", || async {
-        service.observations().await.iter().any(
-            |o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == grant_id && r.cause == "ended"),
-        )
+        service
+            .observations()
+            .await
+            .iter()
+            .any(|o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == grant_id && r.cause == "ended"))
     })
     .await;
     reconciler.shutdown().await;
@@ -299,7 +301,11 @@ async fn expiry_removes_the_binding_within_a_second_and_overlapping_grants_stand
     eventually(Duration::from_secs(5), "both bindings", || async { cluster.managed().await.len() == 2 }).await;
     let short_id = short.to_string();
     let removal = eventually(Duration::from_secs(6), "the short grant's removal", || async {
-        service.observations().await.iter().any(|o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == short_id))
+        service
+            .observations()
+            .await
+            .iter()
+            .any(|o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == short_id))
     })
     .await;
     println!("short grant removed after {removal:?}");
@@ -377,7 +383,10 @@ async fn drift_is_restored_or_removed_and_recorded_and_standing_access_reported(
         "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "patch"]}],
     }))
     .unwrap();
-    Api::<Role>::namespaced(cluster.admin.clone(), &cluster.namespace).create(&PostParams::default(), &role).await.unwrap();
+    Api::<Role>::namespaced(cluster.admin.clone(), &cluster.namespace)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
     let standing: RoleBinding = serde_json::from_value(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "bob-edits-routes", "namespace": cluster.namespace},
@@ -395,7 +404,8 @@ async fn drift_is_restored_or_removed_and_recorded_and_standing_access_reported(
 
     eventually(Duration::from_secs(3), "drift and standing access recorded", || async {
         let observations = service.observations().await;
-        let restored = observations.iter().any(|o| matches!(o, Observation::Drift(d) if d.action == "restored" && d.name == name));
+        let restored =
+            observations.iter().any(|o| matches!(o, Observation::Drift(d) if d.action == "restored" && d.name == name));
         let removed = observations
             .iter()
             .any(|o| matches!(o, Observation::Drift(d) if d.action == "removed" && d.name == "portcullis-forged"));
@@ -437,7 +447,8 @@ async fn route_changes_are_recorded_with_a_diff_and_the_grants_that_covered_them
     })
     .await;
     let observations = service.observations().await;
-    let added = observations.iter().filter(|o| matches!(o, Observation::RouteChanged(r) if r.change == "added")).count();
+    let added =
+        observations.iter().filter(|o| matches!(o, Observation::RouteChanged(r) if r.change == "added")).count();
     assert_eq!(added, 2, "both Ingresses were recorded when first seen");
     reconciler.shutdown().await;
 
@@ -450,7 +461,11 @@ async fn route_changes_are_recorded_with_a_diff_and_the_grants_that_covered_them
         .unwrap();
     let restarted = start_reconciler(&cluster, &service, "replica-a").await;
     eventually(Duration::from_secs(10), "the change made while down", || async {
-        service.observations().await.iter().any(|o| matches!(o, Observation::RouteChanged(r) if r.name == "checkout" && r.change == "modified"))
+        service
+            .observations()
+            .await
+            .iter()
+            .any(|o| matches!(o, Observation::RouteChanged(r) if r.name == "checkout" && r.change == "modified"))
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -477,7 +492,8 @@ async fn two_replicas_elect_one_leader_and_hand_over_cleanly() {
     let took = eventually(Duration::from_secs(5), "b takes over", || leading(&b)).await;
     println!("hand-over took {took:?}");
     service.grant(&cluster, "alice", &["storefront"], "1h").await;
-    eventually(Duration::from_secs(5), "the new leader applies grants", || cluster.can_patch("alice", "storefront")).await;
+    eventually(Duration::from_secs(5), "the new leader applies grants", || cluster.can_patch("alice", "storefront"))
+        .await;
     b.shutdown().await;
     service.stop().await;
     cluster.cleanup().await;
@@ -538,7 +554,8 @@ async fn an_api_server_outage_delays_removal_only_until_it_returns() {
     let grant_id = grant.to_string();
     eventually(Duration::from_secs(3), "the removal recorded once", || async {
         let observations = service.observations().await;
-        observations.iter().filter(|o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == grant_id)).count() == 1
+        observations.iter().filter(|o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == grant_id)).count()
+            == 1
     })
     .await;
     reconciler.shutdown().await;

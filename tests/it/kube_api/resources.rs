@@ -55,7 +55,13 @@ pub static RESOURCES: &[ResourceType] = &[
         names: NameRule::Label,
         ..STORED
     },
-    ResourceType { plural: "serviceaccounts", singular: "serviceaccount", kind: "ServiceAccount", subresources: &["token"], ..STORED },
+    ResourceType {
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        subresources: &["token"],
+        ..STORED
+    },
     ResourceType { plural: "secrets", singular: "secret", kind: "Secret", ..STORED },
     ResourceType { plural: "configmaps", singular: "configmap", kind: "ConfigMap", ..STORED },
     ResourceType {
@@ -116,7 +122,14 @@ pub static RESOURCES: &[ResourceType] = &[
         subresources: &["status"],
         ..STORED
     },
-    ResourceType { group: GATEWAY, plural: "gateways", singular: "gateway", kind: "Gateway", subresources: &["status"], ..STORED },
+    ResourceType {
+        group: GATEWAY,
+        plural: "gateways",
+        singular: "gateway",
+        kind: "Gateway",
+        subresources: &["status"],
+        ..STORED
+    },
     ResourceType {
         group: GATEWAY,
         plural: "gatewayclasses",

@@ -58,8 +58,12 @@ impl ApiError {
 
     /// 409 Conflict with the message in the form a real API server uses.
     pub fn conflict(res: &ResourceType, name: &str, why: &str) -> ApiError {
-        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {why}", res.qualified()))
-            .about(res, name)
+        ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", res.qualified()),
+        )
+        .about(res, name)
     }
 
     /// 422 Invalid: `field` of the object breaks a validation rule.
@@ -96,7 +100,11 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type(content_type: &str) -> ApiError {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format ({content_type})"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format ({content_type})"),
+        )
     }
 
     /// 410 Expired: a watch from a resourceVersion older than the retained history.

@@ -8,12 +8,15 @@
 //! portcullis-bench gen --events N --out DIR        a valid signed ledger (SQLite) and its export
 //! portcullis-bench append [--events N] [--writers W]
 //! portcullis-bench verify --export DIR --key VKEY  runs the portcullis-verify binary
+//! portcullis-bench workflow [--events N] [--grants G]
+//! portcullis-bench reconciler [--grants G] [--outage-secs S]   against the test API server
 //! portcullis-bench all [--events N]                all of the above, as Markdown
 //! ```
 //!
 //! The generator is a tool of its own: nothing in the service's API can
 //! produce synthetic events.
 
+mod reconciler;
 mod workflow;
 
 use anyhow::{Context as _, bail};
@@ -344,6 +347,14 @@ async fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             result?;
         }
+        Some("reconciler") => {
+            let grants = arg(&args, "--grants", 1_000u64)?;
+            let outage = arg(&args, "--outage-secs", 60u64)?;
+            let dir = tempdir("reconciler")?;
+            let result = reconciler::bench(&dir, grants, outage, &mut out).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?;
+        }
         Some("all") => {
             let events = arg(&args, "--events", 1_000_000u64)?;
             out.push_str(&format!("Machine: {}\n\n", machine()));
@@ -360,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | workflow [--events N] [--grants G] | all [--events N]"
+                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | all [--events N]"
             );
             std::process::exit(2);
         }
