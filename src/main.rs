@@ -207,6 +207,18 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Take your grant's one-time kubeconfig (rules with credential: service-account).
+    ///
+    /// The token in it expires with the grant and stops working when the grant
+    /// ends; it is handed out once, so keep the file (mode 0600).
+    Kubeconfig {
+        grant: String,
+        /// Write it to this new file (mode 0600) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Ask for more time on your grant.
     Extend {
         grant: String,
@@ -402,6 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::End { grant, comment, client } => {
             return grant_call(&client, &grant, "end", serde_json::json!({"comment": comment})).await;
         }
+        Command::Kubeconfig { grant, output, client } => return kubeconfig(&client, &grant, output.as_deref()).await,
         Command::Extend { grant, duration, reason, client } => {
             return grant_call(&client, &grant, "extend", serde_json::json!({"duration": duration, "reason": reason}))
                 .await;
@@ -518,6 +531,61 @@ async fn decide_request(
 async fn grant_call(client: &ClientArgs, grant: &str, verb: &str, body: Value) -> anyhow::Result<ExitCode> {
     let path = format!("/v1/grants/{grant}/{verb}");
     client_call(client, Method::POST, path, Some(body), portcullis::client::grant_row).await
+}
+
+/// Takes a grant's one-time kubeconfig. The output file is created first (so
+/// a credential handed out once is never lost to an unwritable path).
+async fn kubeconfig(args: &ClientArgs, grant: &str, output: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = match output {
+        Some(path) => match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("portcullis: cannot create {}: {e} (it must not exist yet)", path.display());
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => None,
+    };
+    let result = async {
+        let client = portcullis::client::Client::resolve(args.server.clone(), args.token.clone())?;
+        client.call(Method::POST, &format!("/v1/grants/{grant}/kubeconfig"), None).await
+    }
+    .await;
+    let value = match result {
+        Ok(value) => value,
+        Err(e) => {
+            if let Some(path) = output {
+                let _ = std::fs::remove_file(path);
+            }
+            eprintln!("portcullis: {e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    let text = value["kubeconfig"].as_str().unwrap_or_default();
+    match (&mut file, output) {
+        (Some(file), Some(path)) => {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            let expires = value["expires_at"].as_str().unwrap_or("?");
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"path": path, "expires_at": expires, "service_account": value["service_account"]})
+                );
+            } else {
+                println!(
+                    "kubeconfig written to {} (token expires {expires}); use: KUBECONFIG={} kubectl ...",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+        _ if args.json => println!("{value}"),
+        _ => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rows(page: &Value, row: fn(&Value) -> String) -> String {

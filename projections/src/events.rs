@@ -109,6 +109,10 @@ pub struct GrantActivated {
     pub review_due: Option<String>,
     pub rbac: Vec<RbacRule>,
     pub basis: Basis,
+    /// `service-account` when the rule hands out a per-grant ServiceAccount
+    /// token instead of binding the requester's identity; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +170,15 @@ pub struct PolicyProposed {
     pub text: String,
 }
 
+/// A grant's ServiceAccount token was handed to its requester (the token itself is never recorded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialIssued {
+    pub grant_id: String,
+    pub service_account: String,
+    pub token_expires_at: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlassReviewed {
@@ -191,6 +204,7 @@ pub mod kind {
     pub const BREAK_GLASS_REVIEWED: &str = "grant.break_glass_reviewed";
     pub const POLICY_LOADED: &str = "policy.loaded";
     pub const POLICY_PROPOSED: &str = "policy.proposed";
+    pub const CREDENTIAL_ISSUED: &str = "grant.credential_issued";
 }
 
 /// A workflow event, typed.
@@ -212,6 +226,7 @@ pub enum Payload {
     BreakGlassReviewed(BreakGlassReviewed),
     PolicyLoaded(PolicyLoaded),
     PolicyProposed(PolicyProposed),
+    CredentialIssued(CredentialIssued),
 }
 
 impl Payload {
@@ -233,6 +248,7 @@ impl Payload {
             Payload::BreakGlassReviewed(_) => kind::BREAK_GLASS_REVIEWED,
             Payload::PolicyLoaded(_) => kind::POLICY_LOADED,
             Payload::PolicyProposed(_) => kind::POLICY_PROPOSED,
+            Payload::CredentialIssued(_) => kind::CREDENTIAL_ISSUED,
         }
     }
 
@@ -249,6 +265,7 @@ impl Payload {
             Payload::BreakGlassReviewed(d) => serde_json::to_value(d),
             Payload::PolicyLoaded(d) => serde_json::to_value(d),
             Payload::PolicyProposed(d) => serde_json::to_value(d),
+            Payload::CredentialIssued(d) => serde_json::to_value(d),
         }
     }
 
@@ -287,6 +304,7 @@ impl Payload {
                 kind::BREAK_GLASS_REVIEWED => Payload::BreakGlassReviewed(serde_json::from_value(v).ok()?),
                 kind::POLICY_LOADED => Payload::PolicyLoaded(serde_json::from_value(v).ok()?),
                 kind::POLICY_PROPOSED => Payload::PolicyProposed(serde_json::from_value(v).ok()?),
+                kind::CREDENTIAL_ISSUED => Payload::CredentialIssued(serde_json::from_value(v).ok()?),
                 _ => return None,
             })
         };

@@ -111,6 +111,10 @@ pub struct Grant {
     pub ended: Option<Approval>,
     pub extensions: Vec<EventId>,
     pub seq: u64,
+    /// `service-account` for a per-grant ServiceAccount token (see `events::GrantActivated`).
+    pub credential: Option<String>,
+    /// When its ServiceAccount token was handed out (it is handed out once).
+    pub credential_issued: Option<Timestamp>,
 }
 
 impl Grant {
@@ -162,6 +166,10 @@ pub struct State {
     pub policy: Option<(String, String)>,
     /// Proposed policies by hash: text and proposer.
     pub proposals: BTreeMap<String, (String, String)>,
+    /// The pending requests by the seq that created them: the expiry
+    /// scheduler and the pending list read these, not every request ever
+    /// made. Kept by `evolve`, so `requests` must change through it only.
+    pending: BTreeMap<u64, RequestId>,
     /// The values the records share.
     interned: Interned,
 }
@@ -220,6 +228,7 @@ impl State {
                     grant: None,
                     seq: event.seq,
                 };
+                self.pending.insert(request.seq, request.id);
                 self.requests.insert(request.id, Box::new(request));
             }
             Payload::RequestApproved(d) => {
@@ -231,11 +240,13 @@ impl State {
             }
             Payload::RequestDenied(d) => {
                 let request = self.requests.get_mut(&id(&d.request_id)?)?;
+                self.pending.remove(&request.seq);
                 request.status = RequestStatus::Denied;
                 request.closed = Some(approval(&mut self.interned, sub, at, d.comment));
             }
             Payload::RequestCancelled(d) | Payload::RequestExpired(d) => {
                 let request = self.requests.get_mut(&id(&d.request_id)?)?;
+                self.pending.remove(&request.seq);
                 request.status = if event.draft.kind == crate::events::kind::REQUEST_CANCELLED {
                     RequestStatus::Cancelled
                 } else {
@@ -262,8 +273,11 @@ impl State {
                     ended: None,
                     extensions: Vec::new(),
                     seq: event.seq,
+                    credential: d.credential,
+                    credential_issued: None,
                 };
                 if let Some(request) = self.requests.get_mut(&request_id) {
+                    self.pending.remove(&request.seq);
                     request.status = RequestStatus::Granted;
                     request.grant = Some(grant.id);
                 }
@@ -317,6 +331,9 @@ impl State {
                 let grant = self.grants.get_mut(&id(&d.grant_id)?)?;
                 grant.reviewed = Some(approval(&mut self.interned, sub, at, Some(d.comment)));
             }
+            Payload::CredentialIssued(d) => {
+                self.grants.get_mut(&id(&d.grant_id)?)?.credential_issued = Some(at);
+            }
         }
         Some(())
     }
@@ -325,9 +342,8 @@ impl State {
     /// active grants past their expiry, earliest first.
     pub fn due(&self, now: Timestamp) -> Vec<Due> {
         let mut due: Vec<(Timestamp, Due)> = self
-            .requests
-            .values()
-            .filter(|r| r.status == RequestStatus::Pending && r.pending_expires_at <= now)
+            .pending_requests()
+            .filter(|r| r.pending_expires_at <= now)
             .map(|r| (r.pending_expires_at, Due::Request(r.id)))
             .chain(
                 self.grants
@@ -343,10 +359,18 @@ impl State {
     /// The next deadline after `now` the expiry scheduler must act on: the
     /// earliest pending-request expiry or active-grant expiry later than `now`.
     pub fn next_deadline_after(&self, now: Timestamp) -> Option<Timestamp> {
-        let pending =
-            self.requests.values().filter(|r| r.status == RequestStatus::Pending).map(|r| r.pending_expires_at);
+        let pending = self.pending_requests().map(|r| r.pending_expires_at);
         let grants = self.grants.values().filter(|g| g.status == GrantStatus::Active).map(|g| g.expires_at);
         pending.chain(grants).filter(|deadline| *deadline > now).min()
+    }
+
+    /// The pending requests, oldest first.
+    fn pending_requests(&self) -> impl Iterator<Item = &Request> {
+        self.pending
+            .values()
+            .filter_map(|id| self.requests.get(id))
+            .map(|r| &**r)
+            .filter(|r| r.status == RequestStatus::Pending)
     }
 }
 
@@ -354,10 +378,7 @@ impl State {
 impl State {
     /// Pending requests, oldest first.
     pub fn pending(&self) -> Vec<&Request> {
-        let mut pending: Vec<&Request> =
-            self.requests.values().map(|r| &**r).filter(|r| r.status == RequestStatus::Pending).collect();
-        pending.sort_by_key(|r| r.seq);
-        pending
+        self.pending_requests().collect()
     }
 
     /// One person's requests and grants, in ledger order.
@@ -424,7 +445,7 @@ mod tests {
         for (i, (op, pick)) in ops.iter().enumerate() {
             let seq = events.len() as u64;
             let pick_from = |ids: &Vec<String>| ids.get(*pick as usize % ids.len().max(1)).cloned();
-            let payload = match op % 9 {
+            let payload = match op % 12 {
                 0 | 1 => Some(Payload::RequestCreated(RequestCreated {
                     target: target.clone(),
                     duration_secs: 600,
@@ -450,6 +471,7 @@ mod tests {
                         review_due: None,
                         rbac: Vec::new(),
                         basis: basis(),
+                        credential: (seq % 2 == 0).then(|| "service-account".into()),
                     })
                 }),
                 4 => pick_from(&grants).map(|g| Payload::GrantEnded(GrantClosed { grant_id: g, comment: None })),
@@ -463,6 +485,21 @@ mod tests {
                         reason: "more".into(),
                         approvals_needed: 1,
                         basis: basis(),
+                    })
+                }),
+                9 => pick_from(&requests).map(|r| {
+                    Payload::RequestDenied(RequestDecision {
+                        request_id: r,
+                        comment: Some("no".into()),
+                        basis: basis(),
+                    })
+                }),
+                10 => pick_from(&requests).map(|r| Payload::RequestExpired(RequestClosed { request_id: r })),
+                11 => pick_from(&grants).map(|g| {
+                    Payload::CredentialIssued(CredentialIssued {
+                        grant_id: g,
+                        service_account: "shop/portcullis-x".into(),
+                        token_expires_at: at(seq + 600).to_string(),
                     })
                 }),
                 _ => pick_from(&extensions).and_then(|x: String| {
@@ -497,6 +534,19 @@ mod tests {
             let cut = cut.index(events.len() + 1);
             let resumed = events[cut..].iter().fold(State::rebuild(&events[..cut]), State::evolve);
             prop_assert_eq!(resumed, State::rebuild(&events));
+        }
+
+        #[test]
+        fn the_pending_index_holds_exactly_the_pending_requests(ops in proptest::collection::vec(any::<(u8, u8)>(), 0..80)) {
+            let state = State::rebuild(&history(&ops));
+            let mut scanned: Vec<&Request> =
+                state.requests.values().map(|r| &**r).filter(|r| r.status == RequestStatus::Pending).collect();
+            scanned.sort_by_key(|r| r.seq);
+            prop_assert_eq!(state.pending(), scanned.clone());
+            let late = at(10_000);
+            let due_requests: Vec<RequestId> =
+                state.due(late).into_iter().filter_map(|d| if let Due::Request(id) = d { Some(id) } else { None }).collect();
+            prop_assert_eq!(due_requests, scanned.iter().map(|r| r.id).collect::<Vec<_>>());
         }
     }
 

@@ -86,7 +86,9 @@ pub async fn layer(State(state): State<Arc<AppState>>, request: Request, next: N
         return replay;
     }
     let response = next.run(request).await;
-    if !response.status().is_success() {
+    // An answer marked no-store carries a secret handed out once (a grant's token): never kept.
+    let secret = response.headers().get(header::CACHE_CONTROL).is_some_and(|v| v.as_bytes() == b"no-store");
+    if !response.status().is_success() || secret {
         return response;
     }
     let (parts, body) = response.into_parts();

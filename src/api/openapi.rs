@@ -168,6 +168,15 @@ pub const OPERATIONS: &[Operation] = &[
         ..op("post", "/v1/policy/{hash}/approve", "approvePolicy", "Put a proposed policy in force (a second admin)")
     },
     Operation {
+        success: (200, "Credential"),
+        ..op(
+            "post",
+            "/v1/grants/{id}/kubeconfig",
+            "grantKubeconfig",
+            "Your grant's ServiceAccount token as a kubeconfig, once (credential mode)",
+        )
+    },
+    Operation {
         success: (200, "ClusterList"),
         ..op("get", "/v1/clusters", "listClusters", "Each cluster's reconciler: leadership, sync, counters")
     },
@@ -246,6 +255,10 @@ fn schemas() -> Value {
         "Problem": open_object(json!({"type": string(), "title": string(), "status": {"type": "integer"}, "detail": string(), "field": string()})),
         "Any": {},
         "ClusterList": page("Cluster"),
+        "Credential": object(
+            json!({"grant_id": string(), "service_account": string(), "expires_at": string(), "kubeconfig": string()}),
+            &["grant_id", "service_account", "expires_at", "kubeconfig"],
+        ),
         "Cluster": open_object(json!({
             "name": string(), "leader": {"type": "boolean"}, "synced": {"type": "boolean"},
             "last_error": nullable_string(), "applied": {"type": "integer"}, "removed": {"type": "integer"},

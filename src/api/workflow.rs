@@ -97,7 +97,7 @@ impl From<WorkflowError> for ApiError {
     }
 }
 
-fn parse_id(what: &str, s: &str) -> Result<EventId, ApiError> {
+pub(super) fn parse_id(what: &str, s: &str) -> Result<EventId, ApiError> {
     EventId::parse(s).ok_or_else(|| ApiError::NotFound(format!("{s:?} is not a {what} id (32 lowercase hex digits)")))
 }
 

@@ -96,6 +96,13 @@ pub enum Command {
         grant: GrantId,
         comment: String,
     },
+    /// The requester takes the ServiceAccount token of their grant (credential
+    /// mode), once. The token itself is never recorded.
+    IssueCredential {
+        grant: GrantId,
+        service_account: String,
+        token_expires_at: Timestamp,
+    },
     /// An admin proposes a new policy (the text of the YAML file).
     ProposePolicy {
         text: String,
@@ -225,6 +232,7 @@ pub fn decide(
                         break_glass,
                         review_due,
                         basis(rule, policy),
+                        rule.credential().recorded(),
                     )),
                 ));
             }
@@ -255,6 +263,7 @@ pub fn decide(
                     false,
                     None,
                     basis(rule, policy),
+                    rule.credential().recorded(),
                 );
                 events.push(draft(1, Payload::GrantActivated(activated)));
             }
@@ -428,6 +437,18 @@ pub fn decide(
             };
             Ok(vec![draft(0, Payload::PolicyLoaded(loaded))])
         }
+        Command::IssueCredential { grant, service_account, token_expires_at } => {
+            let grant = active_grant(state, grant, ctx)?;
+            check_credential(grant, actor)?;
+            Ok(vec![draft(
+                0,
+                Payload::CredentialIssued(CredentialIssued {
+                    grant_id: grant.id.to_string(),
+                    service_account,
+                    token_expires_at: token_expires_at.to_string(),
+                }),
+            )])
+        }
         Command::ReviewBreakGlass { grant, comment } => {
             check_text("comment", &comment, MAX_COMMENT)?;
             if comment.trim().is_empty() {
@@ -532,6 +553,27 @@ fn pending_extension<'a>(
 }
 
 /// A grant that is active at the context's time.
+/// Whether `actor` may take the ServiceAccount token of `grant`: their own
+/// grant, in credential mode, not taken before.
+///
+/// # Errors
+/// The [`Rejection`] saying why not.
+pub fn check_credential(grant: &super::state::Grant, actor: &Actor) -> Result<(), Rejection> {
+    if grant.requester != actor.sub {
+        return Err(Rejection::Forbidden("only the requester takes the credential of a grant".into()));
+    }
+    if grant.credential.as_deref() != Some("service-account") {
+        return Err(Rejection::Conflict(
+            "the grant binds your own identity; use your usual kubeconfig (its rule has no credential: service-account)"
+                .into(),
+        ));
+    }
+    if grant.credential_issued.is_some() {
+        return Err(Rejection::Conflict("the grant's credential was already taken; it is handed out once".into()));
+    }
+    Ok(())
+}
+
 fn active_grant<'a>(state: &'a State, id: GrantId, ctx: &Context) -> Result<&'a super::state::Grant, Rejection> {
     let grant = state.grants.get(&id).ok_or_else(|| not_found("grant", id))?;
     if grant.status != GrantStatus::Active || ctx.now >= grant.expires_at {
@@ -552,6 +594,7 @@ fn activation(
     break_glass: bool,
     review_due: Option<Timestamp>,
     basis: Basis,
+    credential: Option<String>,
 ) -> GrantActivated {
     GrantActivated {
         request_id: request_id.to_string(),
@@ -564,5 +607,6 @@ fn activation(
         review_due: review_due.map(|t| t.to_string()),
         rbac: effective_rules(target),
         basis,
+        credential,
     }
 }

@@ -114,9 +114,35 @@ pub struct Rule {
     pending_ttl: Span,
     auto_approve: bool,
     break_glass: Option<BreakGlass>,
+    credential: Credential,
+}
+
+/// How a grant of a rule is made real in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A RoleBinding to the person's own Kubernetes identity (the default).
+    Identity,
+    /// A per-grant ServiceAccount bound to the Role, and a short-lived token
+    /// for it handed to the requester once (`portcullis kubeconfig GRANT`).
+    ServiceAccount,
+}
+
+impl Credential {
+    /// As recorded in the grant event: absent for the default.
+    pub fn recorded(self) -> Option<String> {
+        match self {
+            Credential::Identity => None,
+            Credential::ServiceAccount => Some("service-account".into()),
+        }
+    }
 }
 
 impl Rule {
+    /// How grants of this rule reach the cluster.
+    pub fn credential(&self) -> Credential {
+        self.credential
+    }
+
     /// The rule's name, unique in its policy; decisions record it.
     pub fn name(&self) -> &str {
         self.name.as_str()

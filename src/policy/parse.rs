@@ -103,6 +103,8 @@ pub(super) struct RawRule {
     auto_approve: bool,
     #[serde(default)]
     break_glass: Option<RawBreakGlass>,
+    #[serde(default)]
+    credential: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +313,13 @@ fn check_rule_terms(raw: RawRule) -> Result<Rule, String> {
         ));
     }
     let ticket = TicketRule { required: raw.ticket.required, pattern: raw.ticket.pattern.map(|Parsed(p)| p) };
+    let credential = match raw.credential.as_deref() {
+        None | Some("identity") => super::Credential::Identity,
+        Some("service-account") => super::Credential::ServiceAccount,
+        Some(other) => {
+            return Err(format!("credential is {other:?}; it must be identity (the default) or service-account"));
+        }
+    };
     let pending_ttl = match raw.pending_ttl {
         Some(Parsed(span)) => span,
         None => Span::from_secs(DEFAULT_PENDING_TTL_SECS).ok_or("the default pending_ttl is out of range")?,
@@ -326,6 +335,7 @@ fn check_rule_terms(raw: RawRule) -> Result<Rule, String> {
         pending_ttl,
         auto_approve,
         break_glass,
+        credential,
     })
 }
 

@@ -4,6 +4,7 @@
 
 use super::config::{ClusterConfig, SubjectKind};
 use crate::domain::state::{Grant, GrantStatus, State};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_format::time::Timestamp;
@@ -20,6 +21,10 @@ pub const GRANT_ANNOTATION: &str = "portcullis.dev/grant-id";
 pub const REQUEST_ANNOTATION: &str = "portcullis.dev/request-id";
 pub const EXPIRES_ANNOTATION: &str = "portcullis.dev/expires-at";
 pub const REQUESTER_ANNOTATION: &str = "portcullis.dev/requester";
+/// On the objects of a grant in credential mode: its ServiceAccount goes with them.
+pub const CREDENTIAL_ANNOTATION: &str = "portcullis.dev/credential";
+/// The credential mode recorded in grants that hand out a ServiceAccount token.
+pub const SERVICE_ACCOUNT: &str = "service-account";
 
 /// The Role and RoleBinding of one grant.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +37,8 @@ pub struct Desired {
     pub expires_at: Timestamp,
     pub role: Role,
     pub binding: RoleBinding,
+    /// In credential mode: the grant's own ServiceAccount, the binding's subject.
+    pub service_account: Option<ServiceAccount>,
 }
 
 /// The name of a grant's Role and RoleBinding.
@@ -45,6 +52,16 @@ pub fn for_grant(grant: &Grant, cluster: &ClusterConfig) -> Desired {
     let name = object_name(&grant_id);
     let namespace = grant.target.namespace.to_string();
     let expires_at = grant.expires_at;
+    let credential_mode = grant.credential.as_deref() == Some(SERVICE_ACCOUNT);
+    let mut annotations = BTreeMap::from([
+        (GRANT_ANNOTATION.to_string(), grant_id.clone()),
+        (REQUEST_ANNOTATION.to_string(), grant.request_id.to_string()),
+        (EXPIRES_ANNOTATION.to_string(), expires_at.to_string()),
+        (REQUESTER_ANNOTATION.to_string(), grant.requester.to_string()),
+    ]);
+    if credential_mode {
+        annotations.insert(CREDENTIAL_ANNOTATION.to_string(), SERVICE_ACCOUNT.to_string());
+    }
     let metadata = ObjectMeta {
         name: Some(name.clone()),
         namespace: Some(namespace.clone()),
@@ -52,12 +69,7 @@ pub fn for_grant(grant: &Grant, cluster: &ClusterConfig) -> Desired {
             (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
             (GRANT_LABEL.to_string(), grant_id.clone()),
         ])),
-        annotations: Some(BTreeMap::from([
-            (GRANT_ANNOTATION.to_string(), grant_id.clone()),
-            (REQUEST_ANNOTATION.to_string(), grant.request_id.to_string()),
-            (EXPIRES_ANNOTATION.to_string(), expires_at.to_string()),
-            (REQUESTER_ANNOTATION.to_string(), grant.requester.to_string()),
-        ])),
+        annotations: Some(annotations),
         ..ObjectMeta::default()
     };
     let rules = grant
@@ -71,23 +83,32 @@ pub fn for_grant(grant: &Grant, cluster: &ClusterConfig) -> Desired {
             non_resource_urls: None,
         })
         .collect();
-    let subject = cluster.subject_name(&grant.requester);
-    let kind = match cluster.subject_kind {
-        SubjectKind::User => "User",
-        SubjectKind::Group => "Group",
+    let (subject, kind, subject_group, subject_namespace) = if credential_mode {
+        (name.clone(), "ServiceAccount", None, Some(namespace.clone()))
+    } else {
+        let kind = match cluster.subject_kind {
+            SubjectKind::User => "User",
+            SubjectKind::Group => "Group",
+        };
+        (cluster.subject_name(&grant.requester), kind, Some("rbac.authorization.k8s.io".to_string()), None)
     };
     let role = Role { metadata: metadata.clone(), rules: Some(rules) };
+    let service_account = credential_mode.then(|| ServiceAccount {
+        metadata: metadata.clone(),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    });
     let binding = RoleBinding {
         metadata,
         role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
         subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
+            api_group: subject_group,
             kind: kind.into(),
             name: subject.clone(),
-            namespace: None,
+            namespace: subject_namespace,
         }]),
     };
-    Desired { grant_id, namespace, name, subject, expires_at, role, binding }
+    Desired { grant_id, namespace, name, subject, expires_at, role, binding, service_account }
 }
 
 /// Every grant of `cluster` that gives access at `now`, as objects, by grant id.
@@ -132,6 +153,11 @@ fn meta_matches(observed: &ObjectMeta, wanted: &ObjectMeta) -> bool {
         want.iter().flatten().all(|(k, v)| have.get(k) == Some(v))
     };
     contains(&observed.labels, &wanted.labels) && contains(&observed.annotations, &wanted.annotations)
+}
+
+/// Whether a managed object belongs to a grant in credential mode.
+pub fn has_service_account(metadata: &ObjectMeta) -> bool {
+    metadata.annotations.as_ref().and_then(|a| a.get(CREDENTIAL_ANNOTATION)).is_some_and(|v| v == SERVICE_ACCOUNT)
 }
 
 /// The grant and expiry a managed object carries in its annotations.

@@ -13,8 +13,11 @@ pub mod standing;
 use crate::workflow::Workflow;
 use anyhow::Context as _;
 use config::{ClusterConfig, ReconcilerConfig};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use portcullis_format::time::Timestamp;
 use portcullis_projections::cluster::StandingBinding;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub struct Reconciler {
 pub struct Clients {
     pub act: Client,
     pub watch: Client,
+    /// The API server's URL and the certificates that vouch for it (DER), for handed-out kubeconfigs.
+    pub server: String,
+    pub root_certs: Vec<Vec<u8>>,
 }
 
 /// How long one API call may take before it is abandoned and retried.
@@ -69,6 +75,8 @@ pub async fn config_for(cluster: &ClusterConfig) -> anyhow::Result<Config> {
 /// As [`config_for`], or when a client cannot be built from the settings.
 pub async fn clients_for(cluster: &ClusterConfig) -> anyhow::Result<Clients> {
     let config = config_for(cluster).await?;
+    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+    let root_certs = config.root_cert.clone().unwrap_or_default();
     let mut act = config.clone();
     act.connect_timeout = Some(CALL_TIMEOUT);
     act.read_timeout = Some(CALL_TIMEOUT);
@@ -80,7 +88,7 @@ pub async fn clients_for(cluster: &ClusterConfig) -> anyhow::Result<Clients> {
     watch.read_timeout = Some(Duration::from_secs(330));
     let build =
         |c: Config| Client::try_from(c).with_context(|| format!("cluster {}: building the client", cluster.name));
-    Ok(Clients { act: build(act)?, watch: build(watch)? })
+    Ok(Clients { act: build(act)?, watch: build(watch)?, server, root_certs })
 }
 
 /// This replica's name in leader election: `POD_NAME` when set (the
@@ -91,6 +99,26 @@ pub fn default_identity() -> String {
         format!("{}-{}", if host.is_empty() { "portcullis" } else { &host }, std::process::id())
     })
 }
+
+/// A grant's ServiceAccount token, as a kubeconfig for its requester.
+pub struct IssuedCredential {
+    pub kubeconfig: String,
+    pub service_account: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("cluster {0:?} is not configured here")]
+    UnknownCluster(String),
+    #[error("the grant's ServiceAccount is not in the cluster yet; retry in a moment")]
+    NotApplied,
+    #[error("the cluster's API server refused the token request: {0}")]
+    Api(String),
+}
+
+/// The shortest token lifetime a Kubernetes API server issues.
+pub const MIN_TOKEN_SECS: i64 = 600;
 
 impl Drop for Reconciler {
     fn drop(&mut self) {
@@ -128,6 +156,47 @@ impl Reconciler {
             leases: std::sync::Mutex::new(leases),
             tasks: std::sync::Mutex::new(all_tasks),
         })
+    }
+
+    /// Requests a token for the ServiceAccount of `grant` (credential mode) that
+    /// expires with the grant (Kubernetes issues nothing shorter than ten
+    /// minutes; the ServiceAccount is deleted when the grant ends, which
+    /// invalidates the token at once), and wraps it in a kubeconfig.
+    ///
+    /// # Errors
+    /// [`IssueError`].
+    pub async fn issue_credential(
+        &self,
+        grant: &crate::domain::state::Grant,
+        now: Timestamp,
+    ) -> Result<IssuedCredential, IssueError> {
+        let cluster = grant.target.cluster.to_string();
+        let runtime = self
+            .clusters
+            .iter()
+            .find(|c| c.config.name == cluster)
+            .ok_or(IssueError::UnknownCluster(cluster.clone()))?;
+        let name = desired::object_name(&grant.id.to_string());
+        let namespace = grant.target.namespace.to_string();
+        let remaining = (grant.expires_at.unix_micros() - now.unix_micros()) / 1_000_000;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(remaining.max(MIN_TOKEN_SECS)),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(runtime.clients.act.clone(), &namespace);
+        let issued = match accounts.create_token_request(&name, &kube::api::PostParams::default(), &request).await {
+            Ok(issued) => issued,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Err(IssueError::NotApplied),
+            Err(e) => return Err(IssueError::Api(e.to_string())),
+        };
+        let status = issued.status.ok_or_else(|| IssueError::Api("no token in the answer".into()))?;
+        let expires_at =
+            Timestamp::from_unix_micros(status.expiration_timestamp.0.as_microsecond()).unwrap_or(grant.expires_at);
+        let kubeconfig = kubeconfig_text(&runtime.clients, &cluster, &namespace, &name, &status.token);
+        Ok(IssuedCredential { kubeconfig, service_account: format!("{namespace}/{name}"), expires_at })
     }
 
     /// The configured clusters' names with their status.
@@ -203,4 +272,34 @@ impl Reconciler {
             task.abort();
         }
     }
+}
+
+/// A kubeconfig that reaches `server` as the holder of `token`.
+fn kubeconfig_text(clients: &Clients, cluster: &str, namespace: &str, user: &str, token: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut pem = String::new();
+    for der in &clients.root_certs {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        let encoded = b64.encode(der);
+        for line in encoded.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    let mut cluster_entry = serde_json::json!({"server": clients.server});
+    if !pem.is_empty() {
+        cluster_entry["certificate-authority-data"] = serde_json::Value::String(b64.encode(pem));
+    }
+    let context = format!("portcullis-{cluster}");
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": cluster_entry}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": cluster, "user": user, "namespace": namespace}}],
+        "current-context": context,
+    });
+    serde_yaml_ng::to_string(&doc).unwrap_or_default()
 }

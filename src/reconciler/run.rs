@@ -28,6 +28,7 @@ use crate::domain::types::Kind;
 use crate::ledger::AppendError;
 use crate::workflow::{Workflow, random_seed};
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -125,6 +126,7 @@ pub(super) struct Cluster {
     identity: String,
     client: Client,
     watch_client: Client,
+    pub clients: super::Clients,
     workflow: Arc<Workflow>,
     leader: watch::Sender<bool>,
     observed: Mutex<Observed>,
@@ -162,8 +164,9 @@ impl Cluster {
             config,
             settings,
             identity,
-            client: clients.act,
-            watch_client: clients.watch,
+            client: clients.act.clone(),
+            watch_client: clients.watch.clone(),
+            clients,
             workflow,
             leader: watch::channel(false).0,
             observed: Mutex::new(Observed::default()),
@@ -436,12 +439,24 @@ impl Cluster {
         let (namespace, name) = key;
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
         let roles: Api<Role> = Api::namespaced(self.client.clone(), namespace);
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        // In credential mode the ServiceAccount goes too, which invalidates every token issued for it.
+        let with_account = {
+            let observed = lock(&self.observed);
+            let metas = observed.roles.get(key).map(|r| &r.metadata).into_iter();
+            metas.chain(observed.bindings.get(key).map(|b| &b.metadata)).any(desired::has_service_account)
+        };
         let mut deleted_version = None;
-        for step in 0..2 {
-            let result = if step == 0 {
-                bindings.delete(name, &DeleteParams::default()).await.map(|r| r.left().map(|b| b.metadata))
-            } else {
-                roles.delete(name, &DeleteParams::default()).await.map(|r| r.left().map(|r| r.metadata))
+        let steps: &[&str] = if with_account { &["binding", "account", "role"] } else { &["binding", "role"] };
+        for (step, what) in steps.iter().enumerate() {
+            let result = match *what {
+                "binding" => {
+                    bindings.delete(name, &DeleteParams::default()).await.map(|r| r.left().map(|b| b.metadata))
+                }
+                "account" => {
+                    accounts.delete(name, &DeleteParams::default()).await.map(|r| r.left().map(|a| a.metadata))
+                }
+                _ => roles.delete(name, &DeleteParams::default()).await.map(|r| r.left().map(|r| r.metadata)),
             };
             match result {
                 Ok(meta) => {
@@ -631,6 +646,10 @@ impl Cluster {
         let roles: Api<Role> = Api::namespaced(self.client.clone(), &d.namespace);
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &d.namespace);
         let key = (d.namespace.clone(), d.name.clone());
+        if let Some(account) = &d.service_account {
+            let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &d.namespace);
+            accounts.patch(&d.name, &params, &Patch::Apply(account)).await?;
+        }
         if !role_ok {
             let applied = roles.patch(&d.name, &params, &Patch::Apply(&d.role)).await?;
             <Observed as Cache<Role>>::upsert(&mut lock(&self.observed), applied);

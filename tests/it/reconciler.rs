@@ -30,6 +30,13 @@ use std::time::{Duration, Instant};
 const POLICY: &str = r#"
 version: 1
 rules:
+  - name: e2e-credentials
+    match: {clusters: [e2e], namespaces: ["*"], kinds: [ingresses], access: [manage]}
+    requesters: {groups: [engineering]}
+    auto_approve: true
+    max_duration: 1h
+    reason: {required: false}
+    credential: service-account
   - name: e2e-self-service
     match: {clusters: [e2e], namespaces: ["*"], kinds: [ingresses, httproutes], access: [view, edit, manage]}
     requesters: {groups: [engineering]}
@@ -180,14 +187,25 @@ impl Service {
         Service { _dir: dir, ledger, thread, workflow }
     }
 
-    /// `user` asks for `access` to `names` for `duration`; auto-approved into a grant.
+    /// `user` asks to edit `names` for `duration`; auto-approved into a grant.
     async fn grant(&self, cluster: &Cluster, user: &str, names: &[&str], duration: &str) -> EventId {
+        self.grant_access(cluster, user, names, duration, Access::Edit).await
+    }
+
+    async fn grant_access(
+        &self,
+        cluster: &Cluster,
+        user: &str,
+        names: &[&str],
+        duration: &str,
+        access: Access,
+    ) -> EventId {
         let target = Target {
             cluster: Name::label("cluster", "e2e").unwrap(),
             namespace: Name::label("namespace", &cluster.namespace).unwrap(),
             kind: Kind::Ingresses,
             names: names.iter().map(|n| Name::subdomain("names", n).unwrap()).collect(),
-            access: Access::Edit,
+            access,
         };
         let command = Command::Request {
             target,
@@ -561,4 +579,108 @@ async fn an_api_server_outage_delays_removal_only_until_it_returns() {
     reconciler.shutdown().await;
     service.stop().await;
     cluster.cleanup().await;
+}
+
+/// POSTs to the service's router as `token`; the status and JSON body.
+async fn post(router: &axum::Router, token: &str, path: &str) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("idempotency-key", "take-it-once")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let no_store = response.headers().get("cache-control").is_some_and(|v| v == "no-store");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if status == 200 {
+        assert!(no_store, "a credential is never cached");
+    }
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_mode_hands_a_grant_token_out_once_and_revocation_kills_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path()).await;
+    let service = Service::start().await;
+    let reconciler = Arc::new(start_reconciler(&cluster, &service, "replica-a").await);
+    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    let tokens_path = dir.path().join("tokens");
+    let alice = portcullis::auth::create(&tokens_path, "alice", &["engineering".to_string()]).unwrap();
+    let bob = portcullis::auth::create(&tokens_path, "bob", &["engineering".to_string()]).unwrap();
+    let tokens = portcullis::auth::Tokens::load(&tokens_path).unwrap();
+    let mut state = portcullis::api::AppState::new(service.ledger.clone(), Some(Arc::clone(&service.workflow)), tokens);
+    state.reconciler = Some(Arc::clone(&reconciler));
+    let router = portcullis::api::app(Arc::new(state));
+
+    let grant = service.grant_access(&cluster, "alice", &["storefront"], "1h", Access::Manage).await;
+    let name = desired::object_name(&grant.to_string());
+    let path = format!("/v1/grants/{grant}/kubeconfig");
+    let (status, taken) = eventually_taken(&router, &alice, &path).await;
+    assert_eq!(status, 200, "{taken}");
+    let (status, again) = post(&router, &alice, &path).await;
+    assert_eq!(status, 409, "handed out once, even to a retry with the same key: {again}");
+    let (status, theirs) = post(&router, &bob, &path).await;
+    assert_eq!(status, 403, "only the requester: {theirs}");
+    assert_eq!(taken["service_account"], format!("{}/{name}", cluster.namespace));
+
+    // The person's own identity has no access; the handed-out kubeconfig has exactly the grant's.
+    assert!(!cluster.can_patch("alice", "storefront").await);
+    let file = dir.path().join("grant.kubeconfig");
+    std::fs::write(&file, taken["kubeconfig"].as_str().unwrap()).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&file).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let as_grant = kube::Client::try_from(config).unwrap();
+    let ingresses = Api::<Ingress>::namespaced(as_grant, &cluster.namespace);
+    let touch = json!({"metadata": {"annotations": {"e2e.portcullis.dev/touched": "yes"}}});
+    ingresses
+        .patch("storefront", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .expect("the grant's token edits its Ingress");
+    let other = ingresses.patch("checkout", &PatchParams::default(), &Patch::Merge(&touch)).await;
+    assert!(matches!(&other, Err(kube::Error::Api(s)) if s.code == 403), "{other:?}");
+
+    let revoke = Command::Revoke { grant, reason: "done".into() };
+    service.workflow.execute(revoke, person("root", "admins"), random_seed()).await.unwrap();
+    eventually(Duration::from_secs(5), "the token dead with its ServiceAccount", || async {
+        matches!(ingresses.patch("storefront", &PatchParams::default(), &Patch::Merge(&touch)).await,
+            Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403)
+    })
+    .await;
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(cluster.admin.clone(), &cluster.namespace);
+    assert!(accounts.get_opt(&name).await.unwrap().is_none());
+    // The ledger records that the credential was taken, never the token.
+    let head = service.ledger.head().size;
+    let entries = service.ledger.entries(0, head).await.unwrap();
+    let token = taken["kubeconfig"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .to_string();
+    assert!(entries.iter().all(|e| !String::from_utf8_lossy(e).contains(&token)));
+    assert!(entries.iter().any(|e| String::from_utf8_lossy(e).contains("grant.credential_issued")));
+    drop(router);
+    reconciler.shutdown().await;
+    service.stop().await;
+    cluster.cleanup().await;
+}
+
+/// Takes the credential once the reconciler has made the ServiceAccount (503 until then).
+async fn eventually_taken(router: &axum::Router, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = post(router, token, path).await;
+        if status != 503 || start.elapsed() > Duration::from_secs(5) {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

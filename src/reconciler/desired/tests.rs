@@ -47,6 +47,8 @@ fn grant(n: u8, cluster: &str, names: &[&str], expires: i64) -> Grant {
         ended: None,
         extensions: Vec::new(),
         seq: u64::from(n),
+        credential: None,
+        credential_issued: None,
     }
 }
 
@@ -131,4 +133,19 @@ fn the_cause_and_due_time_of_a_removal() {
     g.status = GrantStatus::Revoked;
     g.ended = Some(Approval { by: "lead1".into(), at: at(60), comment: None });
     assert_eq!(end_of(&g), ("revoked", at(60)));
+}
+
+#[test]
+fn in_credential_mode_the_binding_names_the_grants_own_service_account() {
+    let mut g = grant(1, "prod", &["storefront"], 600);
+    g.credential = Some(SERVICE_ACCOUNT.into());
+    let d = for_grant(&g, &cluster());
+    let account = d.service_account.as_ref().expect("a ServiceAccount");
+    assert_eq!(account.metadata.name.as_deref(), Some(d.name.as_str()));
+    assert_eq!(account.automount_service_account_token, Some(false));
+    let subject = &d.binding.subjects.as_ref().unwrap()[0];
+    assert_eq!((subject.kind.as_str(), subject.name.as_str()), ("ServiceAccount", d.name.as_str()));
+    assert_eq!(subject.namespace.as_deref(), Some("shop"));
+    assert!(has_service_account(&d.binding.metadata));
+    assert!(!has_service_account(&for_grant(&grant(2, "prod", &[], 600), &cluster()).binding.metadata));
 }
