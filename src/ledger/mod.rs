@@ -15,14 +15,16 @@ mod open;
 
 use crate::store::{AppendBatch, Store, StoreError};
 use portcullis_format::checkpoint::Checkpoint;
-use portcullis_format::event::{Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED};
+use portcullis_format::event::{
+    Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry,
+};
 use portcullis_format::json::Json;
 use portcullis_format::merkle::{Frontier, Hash, leaf_hash};
 use portcullis_format::note::SignerKey;
 use portcullis_format::time::Timestamp;
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -96,11 +98,26 @@ pub enum LedgerError {
 }
 
 enum Request {
-    Append { drafts: Vec<EventDraft>, respond: Responder },
-    Checkpoint { respond: oneshot::Sender<Result<(u64, String), LedgerError>> },
-    Rotate { new_key: Box<SignerKey>, actor: Actor, respond: oneshot::Sender<Result<Receipt, AppendError>> },
+    Append {
+        drafts: Vec<EventDraft>,
+        respond: Responder,
+    },
+    Checkpoint {
+        respond: oneshot::Sender<Result<(u64, String), LedgerError>>,
+    },
+    Rotate {
+        new_key: Box<SignerKey>,
+        actor: Actor,
+        respond: oneshot::Sender<Result<Receipt, AppendError>>,
+    },
+    /// Sent by the writer when it hands batches back to be signed again.
+    Wake,
     Shutdown,
 }
+
+/// How many times one request is signed again after losing a race to
+/// another replica (or riding on a batch that failed) before it fails.
+const MAX_ATTEMPTS: u32 = 64;
 
 /// A handle to the ledger. Cheap to clone.
 #[derive(Clone)]
@@ -139,15 +156,23 @@ impl Ledger {
         let origin = signer.name().to_string();
         let (head_tx, head_rx) = watch::channel(Head { size: state.frontier.size(), root: state.frontier.root() });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let (retry_tx, retry_rx) = std::sync::mpsc::channel();
+        let head = Arc::new(head_tx);
+        let stopped = Arc::new(AtomicBool::new(false));
         let mut sequencer = Sequencer {
             store: Arc::clone(&store),
             signer,
+            durable: Arc::new(Mutex::new(state.clone())),
             state,
-            head: Arc::new(head_tx),
+            head: Arc::clone(&head),
             config,
             epoch: Arc::new(AtomicU64::new(0)),
             seen_epoch: 0,
             in_flight_ids: VecDeque::new(),
+            retry_tx,
+            retry_rx,
+            wake: tx.downgrade(),
+            stopped: Arc::clone(&stopped),
         };
         if sequencer.state.frontier.size() == 0 {
             sequencer
@@ -158,6 +183,15 @@ impl Ledger {
             .name("portcullis-sequencer".into())
             .spawn(move || sequencer.run(rx))
             .map_err(LedgerError::Thread)?;
+        if store.shared() {
+            // Other replicas append too: follow the store's head, so readers
+            // (the workflow, SSE, webhooks, the HTTP API) see their entries.
+            let follower = Follower { store: Arc::clone(&store), head, stopped };
+            std::thread::Builder::new()
+                .name("portcullis-follower".into())
+                .spawn(move || follower.run())
+                .map_err(LedgerError::Thread)?;
+        }
         Ok((Ledger { requests: tx, head: head_rx, store, origin }, SequencerThread(thread)))
     }
 
@@ -276,20 +310,74 @@ struct Pending {
     state: State,
     /// The ids of `batch.entries`, for duplicate checks.
     ids: HashSet<[u8; 16]>,
-    responders: Vec<(Responder, Vec<Receipt>)>,
+    responders: Vec<Waiting>,
+}
+
+/// A request signed into a batch: its receipts, sent once the batch is durable.
+struct Waiting {
+    respond: Responder,
+    receipts: Vec<Receipt>,
+    /// How many times it was signed.
+    attempts: u32,
 }
 
 impl Pending {
     fn fail(self, error: AppendError) {
         let message = error.to_string();
-        for (respond, _) in self.responders {
-            let _ = respond.send(Err(AppendError::Store(message.clone())));
+        for waiting in self.responders {
+            let _ = waiting.respond.send(Err(AppendError::Store(message.clone())));
         }
     }
 }
 
+/// Moves the published head forward; never back (the follower of a shared
+/// store and the writer both publish, and either may be ahead).
+fn publish_head(head: &watch::Sender<Head>, next: Head) {
+    head.send_if_modified(|current| {
+        let newer = next.size > current.size;
+        if newer {
+            *current = next;
+        }
+        newer
+    });
+}
+
 fn publish(head: &watch::Sender<Head>, state: &State) {
-    head.send_replace(Head { size: state.frontier.size(), root: state.frontier.root() });
+    publish_head(head, Head { size: state.frontier.size(), root: state.frontier.root() });
+}
+
+/// Follows the head of a store other replicas append to: waits for a
+/// notification (or a short timeout, so a missed one only delays), reads
+/// the size, and publishes the head with its root.
+struct Follower {
+    store: Arc<dyn Store>,
+    head: Arc<watch::Sender<Head>>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Follower {
+    const POLL: Duration = Duration::from_millis(250);
+
+    fn run(self) {
+        while !self.stopped.load(Ordering::Acquire) {
+            let known = self.head.borrow().size;
+            self.store.wait_for_growth(known, Self::POLL);
+            let size = match self.store.size() {
+                Ok(size) => size,
+                Err(e) => {
+                    tracing::warn!("following the ledger store: {e}");
+                    continue;
+                }
+            };
+            if size <= self.head.borrow().size {
+                continue;
+            }
+            match Frontier::load(size, &crate::store::NodeReader(self.store.as_ref())) {
+                Ok(frontier) => publish_head(&self.head, Head { size, root: frontier.root() }),
+                Err(e) => tracing::warn!("following the ledger store: {e}"),
+            }
+        }
+    }
 }
 
 enum WriterMsg {
@@ -303,6 +391,12 @@ struct Writer {
     store: Arc<dyn Store>,
     head: Arc<watch::Sender<Head>>,
     epoch: Arc<AtomicU64>,
+    /// The sequencer's state after the last batch this writer committed.
+    durable: Arc<Mutex<State>>,
+    /// Batches that were not written (a lost race, or signed on top of a
+    /// batch that failed) go back to the sequencer to be signed again.
+    retry: std::sync::mpsc::Sender<Box<Pending>>,
+    wake: mpsc::WeakSender<Request>,
 }
 
 impl Writer {
@@ -314,16 +408,24 @@ impl Writer {
                 }
                 WriterMsg::Batch { pending, epoch } => {
                     if epoch != self.epoch.load(Ordering::Acquire) {
-                        // Signed on top of a batch that failed: its chain is broken.
-                        pending.fail(AppendError::Store("an earlier append failed; retry".into()));
+                        // Signed on top of a batch that was not written: its chain is
+                        // broken, and it was not written either. Sign it again.
+                        self.send_back(pending);
                         continue;
                     }
                     match self.store.append(&pending.batch) {
                         Ok(()) => {
+                            *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = pending.state.clone();
                             publish(&self.head, &pending.state);
-                            for (respond, receipts) in pending.responders {
-                                let _ = respond.send(Ok(receipts));
+                            for waiting in pending.responders {
+                                let _ = waiting.respond.send(Ok(waiting.receipts));
                             }
+                        }
+                        Err(StoreError::AppendConflict { expected, actual }) => {
+                            // Another replica appended first; nothing of this batch was written.
+                            tracing::debug!("append at {expected} lost to another writer (the store holds {actual})");
+                            self.epoch.fetch_add(1, Ordering::AcqRel);
+                            self.send_back(pending);
                         }
                         Err(e) => {
                             tracing::error!("append of {} entries failed: {e}", pending.batch.entries.len());
@@ -333,6 +435,15 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    fn send_back(&self, pending: Box<Pending>) {
+        if self.retry.send(pending).is_ok()
+            && let Some(wake) = self.wake.upgrade()
+        {
+            // A full queue wakes the sequencer anyway.
+            let _ = wake.try_send(Request::Wake);
         }
     }
 }
@@ -348,6 +459,13 @@ struct Sequencer {
     seen_epoch: u64,
     /// Ids of the batches handed to the writer and maybe not yet committed.
     in_flight_ids: VecDeque<HashSet<[u8; 16]>>,
+    /// The state after the last batch the writer committed (see [`Writer::durable`]).
+    durable: Arc<Mutex<State>>,
+    retry_tx: std::sync::mpsc::Sender<Box<Pending>>,
+    retry_rx: std::sync::mpsc::Receiver<Box<Pending>>,
+    wake: mpsc::WeakSender<Request>,
+    /// Set when the sequencer stops, for the follower thread.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Sequencer {
@@ -355,8 +473,14 @@ impl Sequencer {
         // The writer commits batch k while this thread signs batch k+1; the
         // channel holds one batch, so at most two are signed but not durable.
         let (writer_tx, writer_rx) = std::sync::mpsc::sync_channel::<WriterMsg>(1);
-        let writer =
-            Writer { store: Arc::clone(&self.store), head: Arc::clone(&self.head), epoch: Arc::clone(&self.epoch) };
+        let writer = Writer {
+            store: Arc::clone(&self.store),
+            head: Arc::clone(&self.head),
+            epoch: Arc::clone(&self.epoch),
+            durable: Arc::clone(&self.durable),
+            retry: self.retry_tx.clone(),
+            wake: self.wake.clone(),
+        };
         let writer_thread =
             match std::thread::Builder::new().name("portcullis-writer".into()).spawn(move || writer.run(writer_rx)) {
                 Ok(handle) => handle,
@@ -385,12 +509,16 @@ impl Sequencer {
                 self.sync(&writer_tx);
             }
             let mut pending = self.start_batch();
+            // What came back from the writer goes first, in its order.
+            self.resign_returned(&mut pending);
             for request in requests {
                 match request {
-                    Request::Append { drafts, respond } => self.sign_into(&mut pending, drafts, respond),
+                    Request::Append { drafts, respond } => self.sign_into(&mut pending, drafts, respond, 1),
+                    Request::Wake => {}
                     Request::Checkpoint { respond } => {
                         self.dispatch(pending, &writer_tx);
                         self.sync(&writer_tx);
+                        self.follow_store();
                         let _ = respond.send(self.sign_checkpoint());
                         pending = self.start_batch();
                     }
@@ -413,8 +541,18 @@ impl Sequencer {
                 let _ = respond.send(Err(AppendError::Closed));
             }
         }
-        self.sync(&writer_tx);
+        // What the writer hands back is still signed and committed (each request a bounded number of times).
+        loop {
+            self.sync(&writer_tx);
+            let mut pending = self.start_batch();
+            self.resign_returned(&mut pending);
+            if pending.batch.entries.is_empty() {
+                break;
+            }
+            self.dispatch(pending, &writer_tx);
+        }
         drop(writer_tx);
+        self.stopped.store(true, Ordering::Release);
         let _ = writer_thread.join();
         if let Err(e) = self.sign_checkpoint() {
             tracing::warn!("final checkpoint failed: {e}");
@@ -467,8 +605,76 @@ impl Sequencer {
             self.in_flight_ids.clear();
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        if epoch != self.seen_epoch && self.reload() {
+        if epoch != self.seen_epoch && (self.resume_from_durable() || self.reload()) {
             self.seen_epoch = epoch;
+        }
+    }
+
+    /// After a lost race or a failed append: continue from the last state
+    /// this process committed, and add what other writers appended since
+    /// (verified, see [`open::catch_up`]). Cheaper than a full reload, which
+    /// is the fallback. Returns whether it succeeded.
+    fn resume_from_durable(&mut self) -> bool {
+        let mut state = self.durable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
+            Ok(()) => {
+                self.state = state;
+                *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+                self.publish_head();
+                true
+            }
+            Err(e) => {
+                tracing::warn!("catching up with the ledger store: {e}");
+                false
+            }
+        }
+    }
+
+    /// On a store other replicas append to, adds their entries to the state
+    /// before a checkpoint is signed, so the checkpoint covers the latest tree.
+    /// Only when synced and nothing is in flight (the caller has synced).
+    fn follow_store(&mut self) {
+        if !self.store.shared() || !self.synced() {
+            return;
+        }
+        let mut state = self.state.clone();
+        match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
+            Ok(()) => {
+                self.state = state;
+                *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+                self.publish_head();
+            }
+            Err(e) => tracing::warn!("catching up with the ledger store: {e}"),
+        }
+    }
+
+    /// Signs again, on the current state, the requests of batches the writer
+    /// handed back. A request signed [`MAX_ATTEMPTS`] times fails.
+    fn resign_returned(&mut self, pending: &mut Pending) {
+        while let Ok(returned) = self.retry_rx.try_recv() {
+            let expected = returned.batch.expected_size;
+            for waiting in returned.responders {
+                if waiting.attempts >= MAX_ATTEMPTS || !self.synced() {
+                    let _ = waiting.respond.send(Err(AppendError::Store(
+                        "the append kept losing to other writers of the ledger store; retry".into(),
+                    )));
+                    continue;
+                }
+                let drafts: Result<Vec<EventDraft>, _> = waiting
+                    .receipts
+                    .iter()
+                    .map(|r| {
+                        let entry = &returned.batch.entries[(r.seq - expected) as usize];
+                        ParsedEntry::parse(entry).map(|p| p.event.draft)
+                    })
+                    .collect();
+                match drafts {
+                    Ok(drafts) => self.sign_into(pending, drafts, waiting.respond, waiting.attempts + 1),
+                    Err(e) => {
+                        let _ = waiting.respond.send(Err(AppendError::Rejected(e)));
+                    }
+                }
+            }
         }
     }
 
@@ -478,7 +684,7 @@ impl Sequencer {
     }
 
     /// Signs one request's events into the pending batch, all or none.
-    fn sign_into(&self, pending: &mut Pending, drafts: Vec<EventDraft>, respond: Responder) {
+    fn sign_into(&self, pending: &mut Pending, drafts: Vec<EventDraft>, respond: Responder, attempts: u32) {
         // Ids must be unique in the ledger: the store refuses a stored one; here the
         // batch and the batches still on their way to the store are checked, so a
         // duplicate is rejected alone instead of failing its whole batch.
@@ -506,7 +712,7 @@ impl Sequencer {
                 }
             }
         }
-        pending.responders.push((respond, receipts));
+        pending.responders.push(Waiting { respond, receipts, attempts });
     }
 
     fn sign_one(
@@ -540,6 +746,7 @@ impl Sequencer {
         match open::check_and_load(self.store.as_ref(), &self.signer) {
             Ok(state) => {
                 self.state = state;
+                *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                 self.publish_head();
                 true
             }
@@ -584,8 +791,16 @@ impl Sequencer {
         let mut pending = self.start_batch();
         self.sign_one(&mut pending, draft, &[&self.signer])?;
         pending.batch.key_changes.push((0, vkey));
-        self.store.append(&pending.batch)?;
-        self.state = pending.state;
+        match self.store.append(&pending.batch) {
+            Ok(()) => self.state = pending.state,
+            // Another replica created the ledger first: continue on its entry 0.
+            Err(StoreError::AppendConflict { .. }) => {
+                self.state = open::check_and_load(self.store.as_ref(), &self.signer)
+                    .map_err(|e| AppendError::Store(e.to_string()))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
         self.publish_head();
         self.sign_checkpoint().map_err(|e| AppendError::Store(e.to_string()))?;
         Ok(())
@@ -606,6 +821,7 @@ impl Sequencer {
             return Err(e.into());
         }
         self.state = pending.state;
+        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
         self.signer = new_key;
         self.publish_head();
         Ok(receipt)

@@ -10,9 +10,12 @@
 //! store's size equals the expected position (optimistic concurrency) and no
 //! event id of the batch is already stored.
 
+pub mod postgres;
 pub mod sqlite;
 
 use portcullis_format::merkle::Hash;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One append: entries starting at `expected_size`, the full nodes they complete,
 /// and (for a key rotation) the new key in force from a sequence number.
@@ -45,6 +48,16 @@ pub enum StoreError {
     Query(#[from] rusqlite::Error),
     #[error("event id {} is already in the ledger", .0.iter().map(|b| format!("{b:02x}")).collect::<String>())]
     DuplicateEventId([u8; 16]),
+    #[error("ledger store URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("ledger store {url}: cannot connect: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("ledger store query failed: {0}")]
+    Backend(String),
+    /// The store stayed unreachable for the whole retry window; for an append,
+    /// whether it committed could not be established, so it is not acknowledged.
+    #[error("ledger store unavailable (retried for {secs}s): {reason}")]
+    Unavailable { secs: u64, reason: String },
     #[error("ledger store is missing Merkle node ({level}, {index})")]
     MissingNode { level: u8, index: u64 },
     #[error("ledger store holds a corrupt value: {0}")]
@@ -72,6 +85,68 @@ pub trait Store: Send + Sync {
     fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError>;
     /// The keys of the log, in order.
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Whether other processes may append to this store too (replicas on
+    /// one database): the ledger then follows the store's head and re-signs
+    /// a batch that lost a race on top of the winner's entries.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Blocks until the store may have grown past `size`, or `timeout`
+    /// passes. Only a hint (a notification may be missed): callers re-read
+    /// the size afterwards. The default just sleeps.
+    fn wait_for_growth(&self, size: u64, timeout: Duration) {
+        let _ = size;
+        std::thread::sleep(timeout);
+    }
+    /// A short description for logs and the start-up printout, without credentials.
+    fn describe(&self) -> String {
+        "store".into()
+    }
+}
+
+/// The store a URL names:
+/// - `postgres://user@host:port/db` or `postgresql://...` (libpq-style URL): PostgreSQL;
+/// - `sqlite:PATH` or `sqlite://PATH`, or a plain path: the embedded SQLite file.
+///
+/// # Errors
+/// [`StoreError::BadUrl`] for an unknown scheme, or the backend's open error.
+pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PostgresStore::open(url)?));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err(StoreError::BadUrl { url: url.into(), reason: "no file path after sqlite:".into() });
+        }
+        return Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path))?));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(StoreError::BadUrl {
+            url: redact(url),
+            reason: format!("unknown scheme {scheme:?}: use postgres://, sqlite: or a file path"),
+        });
+    }
+    if url.is_empty() {
+        return Err(StoreError::BadUrl { url: url.into(), reason: "empty".into() });
+    }
+    Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(url))?))
+}
+
+/// A URL with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    match path {
+        Some(p) => format!("{scheme}://{authority}/{p}"),
+        None => format!("{scheme}://{authority}"),
+    }
 }
 
 /// Adapts a store to the format crate's node reader for proof generation.

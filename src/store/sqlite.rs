@@ -29,6 +29,7 @@ fn node_id(level: u8, index: u64) -> i64 {
 }
 
 pub struct SqliteStore {
+    path: std::path::PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
 }
@@ -77,7 +78,7 @@ impl SqliteStore {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(open_err)?;
         reader.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
-        Ok(SqliteStore { writer: Mutex::new(writer), reader: Mutex::new(reader) })
+        Ok(SqliteStore { path: path.to_path_buf(), writer: Mutex::new(writer), reader: Mutex::new(reader) })
     }
 }
 
@@ -213,5 +214,9 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare_cached("SELECT from_seq, vkey FROM keys ORDER BY from_seq")?;
         let rows = stmt.query_map([], |r| Ok(KeyRecord { from_seq: r.get::<_, i64>(0)? as u64, vkey: r.get(1)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite {}", self.path.display())
     }
 }

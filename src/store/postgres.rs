@@ -1,0 +1,478 @@
+//! The production store: PostgreSQL, for several replicas on one database.
+//!
+//! # Schema
+//! Versioned migrations ([`MIGRATIONS`]) run at open, inside one transaction
+//! that holds an advisory lock, so replicas starting together apply each
+//! migration once; the applied versions are in `portcullis_schema`. A
+//! database of a newer version than this build knows is refused.
+//!
+//! # Appends
+//! One transaction per batch (group commit): it locks the single row of
+//! `ledger_head` (`SELECT ... FOR UPDATE`), which serialises the writers of
+//! every replica, checks the expected position, inserts the entries, nodes,
+//! event ids and key changes with one `UNNEST` statement each, moves the head
+//! and sends `NOTIFY portcullis_ledger`. A writer that lost the race gets
+//! [`StoreError::AppendConflict`] and nothing is written: the sequencer
+//! re-signs its batch on top of the winner's entries.
+//!
+//! # Guarantees
+//! - An append returns `Ok` only after its commit was confirmed by the server
+//!   (`synchronous_commit` as configured on the server: `on` by default).
+//! - When the connection fails, the store reconnects and retries for the retry
+//!   window (30 s by default). An append whose commit outcome is unknown (the
+//!   connection broke around `COMMIT`) is resolved by reading back the batch's
+//!   first event id (and comparing the stored entry byte for byte) before it
+//!   is answered: `Ok` if it was committed, retried if it was not. If the
+//!   store stays unreachable for the whole window the append fails with
+//!   [`StoreError::Unavailable`]: not acknowledged.
+//! - Notifications are only a hint: [`Store::wait_for_growth`] also wakes
+//!   on a timeout, and callers re-read the size, so a missed notification
+//!   delays a follower, it never makes it skip an entry.
+
+use super::{AppendBatch, KeyRecord, Store, StoreError, redact};
+use portcullis_format::merkle::Hash;
+use postgres::{Client, NoTls};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The schema's migrations, in order. A migration is never edited once
+/// released: a change is a new version.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE ledger_head (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row), size BIGINT NOT NULL);
+     INSERT INTO ledger_head (only_row, size) VALUES (TRUE, 0);
+     CREATE TABLE ledger_entries (seq BIGINT PRIMARY KEY, entry BYTEA NOT NULL);
+     CREATE TABLE ledger_nodes (id BIGINT PRIMARY KEY, hash BYTEA NOT NULL);
+     CREATE TABLE ledger_event_ids (id BYTEA PRIMARY KEY, seq BIGINT NOT NULL);
+     CREATE TABLE ledger_checkpoints (size BIGINT PRIMARY KEY, note TEXT NOT NULL);
+     CREATE TABLE ledger_keys (from_seq BIGINT PRIMARY KEY, vkey TEXT NOT NULL);",
+)];
+
+/// The schema version this build writes and reads.
+pub fn schema_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// The advisory lock key the migrations hold ("portcul" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0070_6f72_7463_756c;
+const CHANNEL: &str = "portcullis_ledger";
+
+/// Full nodes are keyed by one integer: the level in the top 6 bits, the index below.
+fn node_id(level: u8, index: u64) -> i64 {
+    ((u64::from(level) << 57) | index) as i64
+}
+
+pub struct PostgresStore {
+    config: postgres::Config,
+    url: String,
+    writer: Mutex<Option<Client>>,
+    reader: Mutex<Option<Client>>,
+    listener: Mutex<Option<Client>>,
+    retry_for: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether an error may go away by reconnecting and trying again: the
+/// connection broke, or the server is shutting down, starting, or overloaded.
+fn transient(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "40001" || code == "40P01"
+        }
+        // No SQLSTATE: an I/O or protocol failure of the connection, or a timeout.
+        None => {
+            let text = e.to_string();
+            !text.contains("error serializing") && !text.contains("error deserializing")
+        }
+    }
+}
+
+/// Runs `f` where the synchronous client may block: the client drives its
+/// own small runtime, which cannot start on a thread of an async runtime, so
+/// from such a thread (an async caller, or `spawn_blocking`) the call moves to
+/// a short-lived thread of its own. The sequencer's threads call directly.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// What one try of an append came to, short of a connection failure.
+enum Attempt {
+    Done,
+    Refused(StoreError),
+}
+
+impl PostgresStore {
+    /// Connects, runs the pending migrations, and returns the store. Fails at
+    /// once (no retry window) when the server cannot be reached, so a wrong
+    /// URL is reported at start.
+    ///
+    /// # Errors
+    /// [`StoreError::BadUrl`], [`StoreError::Connect`],
+    /// [`StoreError::SchemaVersion`] or [`StoreError::Backend`].
+    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let shown = redact(url);
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| StoreError::BadUrl { url: shown.clone(), reason: e.to_string() })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("portcullis");
+        }
+        let store = PostgresStore {
+            config,
+            url: shown,
+            writer: Mutex::new(None),
+            reader: Mutex::new(None),
+            listener: Mutex::new(None),
+            retry_for: Duration::from_secs(30),
+        };
+        off_runtime(|| {
+            let mut client = store.connect()?;
+            store.migrate(&mut client)?;
+            *lock(&store.writer) = Some(client);
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(store)
+    }
+
+    /// How long a failed connection is retried before an operation fails.
+    pub fn with_retry_window(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        self.config.connect(NoTls).map_err(|e| StoreError::Connect { url: self.url.clone(), reason: e.to_string() })
+    }
+
+    fn migrate(&self, client: &mut Client) -> Result<(), StoreError> {
+        let backend = |e: postgres::Error| StoreError::Backend(format!("migrating the schema: {e}"));
+        let mut tx = client.transaction().map_err(backend)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(backend)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS portcullis_schema (
+                 version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .map_err(backend)?;
+        let current: i32 =
+            tx.query_one("SELECT coalesce(max(version), 0) FROM portcullis_schema", &[]).map_err(backend)?.get(0);
+        if current > schema_version() {
+            return Err(StoreError::SchemaVersion { found: current.into(), supported: schema_version().into() });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tx.batch_execute(sql).map_err(backend)?;
+            tx.execute("INSERT INTO portcullis_schema (version) VALUES ($1)", &[version]).map_err(backend)?;
+            tracing::info!("ledger store {}: applied schema migration {version}", self.url);
+        }
+        tx.commit().map_err(backend)
+    }
+
+    /// Runs `op` on the connection in `slot`, reconnecting and retrying on
+    /// transient failures until the retry window has passed.
+    fn with_client<T: Send>(
+        &self,
+        slot: &Mutex<Option<Client>>,
+        op: impl FnMut(&mut Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| self.with_client_here(slot, op))
+    }
+
+    fn with_client_here<T>(
+        &self,
+        slot: &Mutex<Option<Client>>,
+        mut op: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let error = {
+                let mut guard = lock(slot);
+                match self.ensure(&mut guard) {
+                    Err(e) => e.to_string(),
+                    Ok(client) => match op(client) {
+                        Ok(value) => return Ok(value),
+                        Err(e) if transient(&e) => {
+                            *guard = None;
+                            e.to_string()
+                        }
+                        Err(e) => return Err(StoreError::Backend(e.to_string())),
+                    },
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(StoreError::Unavailable { secs: self.retry_for.as_secs(), reason: error });
+            }
+            tracing::warn!("ledger store {}: {error}; retrying", self.url);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn ensure<'a>(&self, guard: &'a mut MutexGuard<'_, Option<Client>>) -> Result<&'a mut Client, StoreError> {
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            **guard = Some(self.connect()?);
+        }
+        Ok(guard.as_mut().expect("just connected"))
+    }
+
+    fn try_append(client: &mut Client, batch: &AppendBatch) -> Result<Attempt, postgres::Error> {
+        let expected = batch.expected_size as i64;
+        let mut tx = client.transaction()?;
+        let actual: i64 = tx.query_one("SELECT size FROM ledger_head FOR UPDATE", &[])?.get(0);
+        if actual != expected {
+            return Ok(Attempt::Refused(StoreError::AppendConflict {
+                expected: batch.expected_size,
+                actual: actual as u64,
+            }));
+        }
+        let seqs: Vec<i64> = (0..batch.entries.len() as i64).map(|i| expected + i).collect();
+        if !batch.ids.is_empty() {
+            let ids: Vec<&[u8]> = batch.ids.iter().map(|id| id.as_slice()).collect();
+            let id_seqs = &seqs[..ids.len().min(seqs.len())];
+            let inserted = tx.execute(
+                "INSERT INTO ledger_event_ids (id, seq) SELECT * FROM UNNEST($1::bytea[], $2::int8[])
+                 ON CONFLICT (id) DO NOTHING",
+                &[&ids, &id_seqs],
+            )?;
+            if inserted as usize != ids.len() {
+                // Name the first id already stored, or else the first one repeated within the batch.
+                let stored = tx.query_opt(
+                    "SELECT id FROM ledger_event_ids WHERE id = ANY($1) AND seq < $2 LIMIT 1",
+                    &[&ids, &expected],
+                )?;
+                let dup = match stored {
+                    Some(row) => {
+                        let bytes: Vec<u8> = row.get(0);
+                        batch.ids.iter().find(|id| id.as_slice() == bytes.as_slice()).copied()
+                    }
+                    None => {
+                        batch.ids.iter().enumerate().find(|(i, id)| batch.ids[..*i].contains(id)).map(|(_, id)| *id)
+                    }
+                };
+                return Ok(Attempt::Refused(StoreError::DuplicateEventId(dup.unwrap_or(batch.ids[0]))));
+            }
+        }
+        let entries: Vec<&[u8]> = batch.entries.iter().map(Vec::as_slice).collect();
+        tx.execute(
+            "INSERT INTO ledger_entries (seq, entry) SELECT * FROM UNNEST($1::int8[], $2::bytea[])",
+            &[&seqs, &entries],
+        )?;
+        if !batch.nodes.is_empty() {
+            let ids: Vec<i64> = batch.nodes.iter().map(|(l, i, _)| node_id(*l, *i)).collect();
+            let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, _, h)| h.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO ledger_nodes (id, hash) SELECT * FROM UNNEST($1::int8[], $2::bytea[])",
+                &[&ids, &hashes],
+            )?;
+        }
+        for (from, vkey) in &batch.key_changes {
+            tx.execute("INSERT INTO ledger_keys (from_seq, vkey) VALUES ($1, $2)", &[&(*from as i64), vkey])?;
+        }
+        let size = expected + batch.entries.len() as i64;
+        tx.execute("UPDATE ledger_head SET size = $1", &[&size])?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &size.to_string()])?;
+        tx.commit()?;
+        Ok(Attempt::Done)
+    }
+
+    /// After a connection failure during an append: was the batch committed?
+    fn committed(client: &mut Client, batch: &AppendBatch) -> Result<bool, postgres::Error> {
+        let expected = batch.expected_size as i64;
+        if let Some(id) = batch.ids.first() {
+            let row = client.query_opt("SELECT seq FROM ledger_event_ids WHERE id = $1", &[&id.as_slice()])?;
+            match row.map(|r| r.get::<_, i64>(0)) {
+                None => return Ok(false),
+                Some(seq) if seq != expected => return Ok(false),
+                Some(_) => {}
+            }
+        }
+        let Some(first) = batch.entries.first() else { return Ok(true) };
+        let row = client.query_opt("SELECT entry FROM ledger_entries WHERE seq = $1", &[&expected])?;
+        Ok(row.is_some_and(|r| r.get::<_, &[u8]>(0) == first.as_slice()))
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing a client blocks on its runtime, so it must not happen on an async runtime's thread.
+        let clients: Vec<Client> =
+            [&self.writer, &self.reader, &self.listener].into_iter().filter_map(|slot| lock(slot).take()).collect();
+        if !clients.is_empty() {
+            off_runtime(move || drop(clients));
+        }
+    }
+}
+
+fn hash_from(bytes: &[u8]) -> Result<Hash, StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt("a node hash is not 32 bytes".into()))
+}
+
+impl Store for PostgresStore {
+    fn size(&self) -> Result<u64, StoreError> {
+        let size: i64 =
+            self.with_client(&self.reader, |c| Ok(c.query_one("SELECT size FROM ledger_head", &[])?.get(0)))?;
+        u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("the head says size {size}")))
+    }
+
+    fn append(&self, batch: &AppendBatch) -> Result<(), StoreError> {
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        if batch.ids.len() > batch.entries.len() {
+            return Err(StoreError::Corrupt("a batch holds more ids than entries".into()));
+        }
+        // `unknown` is set once a try failed in a way that may have committed it.
+        let mut unknown = false;
+        self.with_client(&self.writer, |client| {
+            if unknown {
+                if Self::committed(client, batch)? {
+                    return Ok(Ok(()));
+                }
+                unknown = false;
+            }
+            match Self::try_append(client, batch) {
+                Ok(Attempt::Done) => Ok(Ok(())),
+                Ok(Attempt::Refused(e)) => Ok(Err(e)),
+                Err(e) => {
+                    unknown = true;
+                    Err(e)
+                }
+            }
+        })?
+    }
+
+    fn entries(&self, from: u64, limit: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let limit = limit.min(1 << 20) as i64;
+        let rows = self.with_client(&self.reader, |c| {
+            c.query(
+                "SELECT seq, entry FROM ledger_entries WHERE seq >= $1 AND seq < $1 + $2 ORDER BY seq",
+                &[&(from as i64), &limit],
+            )
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let seq: i64 = row.get(0);
+            if seq as u64 != from + i as u64 {
+                return Err(StoreError::Corrupt(format!("entry {} is missing", from + i as u64)));
+            }
+            out.push(row.get::<_, Vec<u8>>(1));
+        }
+        Ok(out)
+    }
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let row = self.with_client(&self.reader, |c| {
+            c.query_opt("SELECT hash FROM ledger_nodes WHERE id = $1", &[&node_id(level, index)])
+        })?;
+        hash_from(row.ok_or(StoreError::MissingNode { level, index })?.get(0))
+    }
+
+    fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = self.with_client(&self.reader, |c| {
+            c.query(
+                "SELECT id, hash FROM ledger_nodes WHERE id >= $1 AND id < $2 ORDER BY id",
+                &[&node_id(level, from), &node_id(level, from + count)],
+            )
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if row.get::<_, i64>(0) != node_id(level, from + i as u64) {
+                return Err(StoreError::MissingNode { level, index: from + i as u64 });
+            }
+            out.push(hash_from(row.get(1))?);
+        }
+        if out.len() as u64 != count {
+            return Err(StoreError::MissingNode { level, index: from + out.len() as u64 });
+        }
+        Ok(out)
+    }
+
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.with_client(&self.writer, |c| {
+            c.execute(
+                "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING",
+                &[&(size as i64), &note],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let row = self.with_client(&self.reader, |c| {
+            c.query_opt("SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1", &[])
+        })?;
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError> {
+        let row = self.with_client(&self.reader, |c| {
+            c.query_opt("SELECT note FROM ledger_checkpoints WHERE size = $1", &[&(size as i64)])
+        })?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = self
+            .with_client(&self.reader, |c| c.query("SELECT from_seq, vkey FROM ledger_keys ORDER BY from_seq", &[]))?;
+        Ok(rows.iter().map(|r| KeyRecord { from_seq: r.get::<_, i64>(0) as u64, vkey: r.get(1) }).collect())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn wait_for_growth(&self, _size: u64, timeout: Duration) {
+        off_runtime(|| self.wait_here(timeout));
+    }
+
+    fn describe(&self) -> String {
+        format!("PostgreSQL {}", self.url)
+    }
+}
+
+impl PostgresStore {
+    fn wait_here(&self, timeout: Duration) {
+        let mut guard = lock(&self.listener);
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = None;
+            match self.connect() {
+                Ok(mut client) => match client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+                    Ok(()) => *guard = Some(client),
+                    Err(e) => tracing::debug!("ledger store {}: LISTEN failed: {e}", self.url),
+                },
+                Err(e) => tracing::debug!("ledger store {}: {e}", self.url),
+            }
+        }
+        let Some(client) = guard.as_mut() else {
+            drop(guard);
+            std::thread::sleep(timeout);
+            return;
+        };
+        let woke = {
+            let mut notifications = client.notifications();
+            let first = postgres::fallible_iterator::FallibleIterator::next(&mut notifications.timeout_iter(timeout));
+            // Drain what else is queued: one wake-up per burst is enough.
+            let mut queued = notifications.iter();
+            while let Ok(Some(_)) = postgres::fallible_iterator::FallibleIterator::next(&mut queued) {}
+            first
+        };
+        if woke.is_err() {
+            *guard = None;
+        }
+    }
+}

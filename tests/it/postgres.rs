@@ -1,0 +1,280 @@
+//! A real, throwaway PostgreSQL server for the tests, and the tests that
+//! need the server itself (restart in the middle of a load, replicas).
+//!
+//! Each test starts its own cluster: the data directory is copied from a
+//! template made once by `initdb` (cached in the temp dir), the server
+//! listens on a free port of 127.0.0.1 and is stopped when the test ends.
+//! Run as root, the server runs as the `postgres` OS user (PostgreSQL refuses
+//! root). With `PORTCULLIS_TEST_POSTGRES_URL` set, no server is started: each
+//! test gets a fresh database on that server instead.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const URL_VAR: &str = "PORTCULLIS_TEST_POSTGRES_URL";
+
+/// The directory of PostgreSQL's programs (initdb, postgres).
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: tools/test installs Debian's postgresql package")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("no /usr/lib/postgresql/*/bin/postgres")
+}
+
+/// The OS user the server runs as: `postgres` when we are root, else ourselves.
+fn server_user() -> Option<(u32, u32)> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().expect("id");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("the postgres OS user exists")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+fn as_server_user(command: &mut Command) -> &mut Command {
+    if let Some((uid, gid)) = server_user() {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+fn chown_tree(path: &Path) {
+    if let Some((uid, gid)) = server_user() {
+        let status = Command::new("chown").args(["-R", &format!("{uid}:{gid}")]).arg(path).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+/// A data directory made by initdb once, then copied for every server.
+fn template() -> PathBuf {
+    let bin = bin_dir();
+    let version = bin.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy().to_string();
+    let template = std::env::temp_dir().join(format!("portcullis-test-pg{version}-template"));
+    if template.join("PG_VERSION").exists() {
+        return template;
+    }
+    let staging = std::env::temp_dir().join(format!("portcullis-test-pg-initdb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).unwrap();
+    chown_tree(&staging);
+    let out = as_server_user(&mut Command::new(bin.join("initdb")))
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+        .arg(staging.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    // Another test process may have won the race: either template is fine.
+    if std::fs::rename(staging.join("data"), &template).is_err() {
+        assert!(template.join("PG_VERSION").exists());
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    template
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A PostgreSQL server for one test; stopped (and its files removed) on drop.
+pub struct TestPg {
+    /// `None` when the server is external (`PORTCULLIS_TEST_POSTGRES_URL`).
+    server: Option<Server>,
+    base_url: String,
+    next_db: std::sync::atomic::AtomicU32,
+}
+
+struct Server {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl TestPg {
+    pub fn start() -> TestPg {
+        if let Ok(url) = std::env::var(URL_VAR) {
+            return TestPg { server: None, base_url: url, next_db: 0.into() };
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let status = Command::new("cp").arg("-a").arg(template()).arg(&data).status().unwrap();
+        assert!(status.success());
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown_tree(dir.path());
+        let port = free_port();
+        let mut pg = TestPg {
+            server: Some(Server { dir, port, child: None }),
+            base_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            next_db: 0.into(),
+        };
+        pg.start_server();
+        pg
+    }
+
+    /// Whether the tests own the server (and may stop, kill and restart it).
+    pub fn owned(&self) -> bool {
+        self.server.is_some()
+    }
+
+    fn start_server(&mut self) {
+        let server = self.server.as_mut().expect("an owned server");
+        let data = server.dir.path().join("data");
+        let log = std::fs::File::create(server.dir.path().join("server.log")).unwrap();
+        let child = as_server_user(&mut Command::new(bin_dir().join("postgres")))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &server.port.to_string(), "-k"])
+            .arg(server.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=on"])
+            .args(["-c", "synchronous_commit=on"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        server.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match off_runtime(|| postgres::Client::connect(&self.base_url, postgres::NoTls).map(drop)) {
+                Ok(_) => return,
+                Err(e) if Instant::now() > deadline => panic!("the test PostgreSQL did not start: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn signal(&mut self, signal: i32) {
+        let server = self.server.as_mut().expect("an owned server");
+        if let Some(mut child) = server.child.take() {
+            // SAFETY: the pid is our child's, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server the hard way (SIGQUIT: no checkpoint, recovery at the next start), as a crash would.
+    pub fn crash(&mut self) {
+        self.signal(libc::SIGQUIT);
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.start_server();
+    }
+
+    /// A new, empty database on the server; its URL.
+    pub fn database(&self) -> String {
+        let n = self.next_db.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("portcullis_test_{}_{n}_{}", std::process::id(), random_suffix());
+        off_runtime(|| {
+            let mut client =
+                postgres::Client::connect(&self.base_url, postgres::NoTls).expect("connecting to the test server");
+            client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        });
+        let (head, _) = self.base_url.rsplit_once('/').unwrap();
+        format!("{head}/{name}")
+    }
+}
+
+/// The synchronous client cannot run on an async runtime's thread: run `f` on a thread of its own.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().unwrap())
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            // SIGINT: fast shutdown.
+            self.signal(libc::SIGINT);
+        }
+    }
+}
+
+/// The database server crashes (SIGQUIT: no shutdown checkpoint) in the
+/// middle of a load and comes back: the ledger reconnects, appends go on,
+/// every acknowledged event is present and the whole ledger verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_in_the_middle_of_a_load_loses_nothing_acknowledged() {
+    use crate::store_contract::{Backend, Postgres};
+    use portcullis_format::event::ParsedEntry;
+    let mut backend = Postgres::new();
+    if !backend.server.owned() {
+        eprintln!("skipped: {URL_VAR} names a server this test cannot restart");
+        return;
+    }
+    let store = backend.open();
+    let (ledger, thread) =
+        portcullis::ledger::Ledger::open(store, crate::ledger::signer(1), Default::default()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for writer in 0..16u64 {
+        let ledger = ledger.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), 0);
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let draft = crate::ledger::draft(writer * 1_000_000 + i);
+                match ledger.append(draft).await {
+                    Ok(receipt) => acked.push((receipt.seq, receipt.id)),
+                    Err(_) => failed += 1,
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    let acked_before = || ledger.head().size;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = acked_before();
+    assert!(before > 50, "appends ran before the crash ({before})");
+    tokio::task::block_in_place(|| {
+        backend.server.crash();
+        std::thread::sleep(Duration::from_millis(1500));
+        backend.server.restart();
+    });
+    let restarted_at = ledger.head().size;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        let (acked, _failed) = task.await.unwrap();
+        acknowledged.extend(acked);
+    }
+    assert!(ledger.head().size > restarted_at + 50, "appends went on after the restart");
+    ledger.checkpoint().await.unwrap();
+    let store = std::sync::Arc::clone(ledger.store());
+    crate::ledger::close(ledger, thread).await;
+    let seqs: std::collections::HashSet<u64> = acknowledged.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs.len(), acknowledged.len(), "no seq acknowledged twice");
+    let check = std::sync::Arc::clone(&store);
+    let acked = acknowledged.clone();
+    tokio::task::spawn_blocking(move || {
+        for (seq, id) in &acked {
+            let entry = check.entries(*seq, 1).unwrap().pop().unwrap_or_else(|| panic!("acknowledged {seq} lost"));
+            assert_eq!(ParsedEntry::parse(&entry).unwrap().event.draft.id, *id);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        portcullis::export::export(check.as_ref(), &dir.path().join("e"), 0, None, &|_, _| {}).unwrap();
+        let keys = portcullis_format::keys::KeySet::single(crate::ledger::signer(1).verifier().clone());
+        let summary = crate::ledger::verify_dir(&dir.path().join("e"), keys).unwrap();
+        assert!(summary.entries_verified as usize > acked.len());
+    })
+    .await
+    .unwrap();
+    drop(store);
+}

@@ -1,0 +1,381 @@
+//! The store contract: one suite, run unchanged against every backend.
+//!
+//! Each case takes a [`Backend`], which makes fresh stores and reopens them.
+//! The `contract!` macro instantiates every case for SQLite, PostgreSQL (a
+//! throwaway server, see `postgres.rs`) and, when
+//! `PORTCULLIS_TEST_KURRENTDB_URL` names a server, KurrentDB (not built:
+//! see the README).
+
+use crate::ledger::{draft, signer, verify_dir};
+use crate::postgres::TestPg;
+use portcullis::ledger::{Ledger, LedgerConfig, SequencerThread};
+use portcullis::store::{AppendBatch, KeyRecord, Store, StoreError};
+use portcullis_format::event::{EventId, ParsedEntry};
+use portcullis_format::keys::KeySet;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// Makes stores of one backend; every store it opens is the same ledger.
+pub trait Backend {
+    /// The store's URL (what `portcullis` takes in its config).
+    fn url(&self) -> String;
+    fn open(&self) -> Arc<dyn Store> {
+        portcullis::store::open_url(&self.url()).unwrap_or_else(|e| panic!("opening {}: {e}", self.url()))
+    }
+}
+
+pub struct Sqlite(tempfile::TempDir);
+
+impl Sqlite {
+    pub fn new() -> Sqlite {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+}
+
+impl Backend for Sqlite {
+    fn url(&self) -> String {
+        format!("sqlite:{}", self.0.path().join("ledger.db").display())
+    }
+}
+
+pub struct Postgres {
+    pub server: TestPg,
+    url: String,
+}
+
+impl Postgres {
+    pub fn new() -> Postgres {
+        let server = TestPg::start();
+        let url = server.database();
+        Postgres { server, url }
+    }
+}
+
+impl Backend for Postgres {
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+}
+
+fn id(n: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    id[8] = 0xee;
+    id
+}
+
+/// A batch of `count` opaque entries at `at` (the store does not parse entries).
+fn batch(at: u64, count: u64) -> AppendBatch {
+    AppendBatch {
+        expected_size: at,
+        entries: (at..at + count).map(|n| format!("entry {n}").into_bytes()).collect(),
+        nodes: (at..at + count).map(|n| (0u8, n, [n as u8; 32])).collect(),
+        key_changes: Vec::new(),
+        ids: (at..at + count).map(id).collect(),
+    }
+}
+
+fn entry_texts(store: &dyn Store, from: u64, limit: u64) -> Vec<String> {
+    store.entries(from, limit).unwrap().into_iter().map(|e| String::from_utf8(e).unwrap()).collect()
+}
+
+pub fn appends_in_order_at_the_expected_position(backend: &dyn Backend) {
+    let store = backend.open();
+    assert_eq!(store.size().unwrap(), 0);
+    store.append(&batch(0, 3)).unwrap();
+    store.append(&batch(3, 1)).unwrap();
+    store.append(&batch(4, 100)).unwrap();
+    assert_eq!(store.size().unwrap(), 104);
+    let all = entry_texts(store.as_ref(), 0, 1000);
+    assert_eq!(all, (0..104).map(|n| format!("entry {n}")).collect::<Vec<_>>());
+}
+
+pub fn a_stale_position_conflicts_and_writes_nothing(backend: &dyn Backend) {
+    let store = backend.open();
+    store.append(&batch(0, 5)).unwrap();
+    for stale in [0, 4, 6] {
+        let mut b = batch(stale, 2);
+        b.ids = (0..2).map(|n| id(1000 + stale * 10 + n)).collect();
+        match store.append(&b) {
+            Err(StoreError::AppendConflict { expected, actual }) => assert_eq!((expected, actual), (stale, 5)),
+            other => panic!("append at {stale} on a store of 5: {other:?}"),
+        }
+    }
+    assert_eq!(store.size().unwrap(), 5);
+    assert_eq!(entry_texts(store.as_ref(), 0, 100).len(), 5);
+    // Nothing of a refused batch was kept: its ids are still free.
+    let mut b = batch(5, 2);
+    b.ids = vec![id(1040), id(1041)];
+    store.append(&b).unwrap();
+}
+
+pub fn a_duplicate_event_id_is_refused_with_nothing_written(backend: &dyn Backend) {
+    let store = backend.open();
+    store.append(&batch(0, 3)).unwrap();
+    let mut b = batch(3, 3);
+    b.ids[2] = id(1);
+    b.key_changes.push((4, "a key".into()));
+    assert!(matches!(store.append(&b), Err(StoreError::DuplicateEventId(dup)) if dup == id(1)));
+    let mut within = batch(3, 3);
+    within.ids[2] = within.ids[0];
+    assert!(matches!(store.append(&within), Err(StoreError::DuplicateEventId(_))));
+    assert_eq!(store.size().unwrap(), 3);
+    assert!(matches!(store.node(0, 3), Err(StoreError::MissingNode { .. })));
+    assert!(store.keys().unwrap().is_empty(), "the refused batch's key change was not kept");
+    store.append(&batch(3, 3)).unwrap();
+}
+
+pub fn reads_from_any_position(backend: &dyn Backend) {
+    let store = backend.open();
+    store.append(&batch(0, 300)).unwrap();
+    for (from, limit) in [(0, 1), (1, 10), (255, 2), (299, 5), (100, 200)] {
+        let expected: Vec<String> = (from..(from + limit).min(300)).map(|n| format!("entry {n}")).collect();
+        assert_eq!(entry_texts(store.as_ref(), from, limit), expected, "from {from}, limit {limit}");
+    }
+    assert!(store.entries(300, 10).unwrap().is_empty());
+    assert!(store.entries(10_000, 10).unwrap().is_empty());
+}
+
+pub fn nodes_checkpoints_and_keys(backend: &dyn Backend) {
+    let store = backend.open();
+    let mut b = batch(0, 4);
+    b.nodes.push((1, 0, [0xa1; 32]));
+    b.nodes.push((1, 1, [0xa2; 32]));
+    b.nodes.push((2, 0, [0xb1; 32]));
+    b.key_changes.push((0, "key-0".into()));
+    store.append(&b).unwrap();
+    assert_eq!(store.node(1, 1).unwrap(), [0xa2; 32]);
+    assert_eq!(store.node(2, 0).unwrap(), [0xb1; 32]);
+    assert_eq!(store.nodes(0, 1, 3).unwrap(), vec![[1u8; 32], [2; 32], [3; 32]]);
+    assert!(matches!(store.nodes(0, 2, 3), Err(StoreError::MissingNode { level: 0, index: 4 })));
+    assert!(matches!(store.node(3, 0), Err(StoreError::MissingNode { level: 3, index: 0 })));
+
+    let mut rotation = batch(4, 1);
+    rotation.key_changes.push((5, "key-5".into()));
+    store.append(&rotation).unwrap();
+    assert_eq!(
+        store.keys().unwrap(),
+        vec![KeyRecord { from_seq: 0, vkey: "key-0".into() }, KeyRecord { from_seq: 5, vkey: "key-5".into() }]
+    );
+
+    assert_eq!(store.latest_checkpoint().unwrap(), None);
+    store.put_checkpoint(2, "note at 2").unwrap();
+    store.put_checkpoint(4, "note at 4").unwrap();
+    store.put_checkpoint(4, "another note at 4").unwrap();
+    assert_eq!(store.latest_checkpoint().unwrap(), Some((4, "note at 4".into())), "the first note of a size stays");
+    assert_eq!(store.checkpoint_at(2).unwrap().as_deref(), Some("note at 2"));
+    assert_eq!(store.checkpoint_at(3).unwrap(), None);
+}
+
+fn open_ledger(store: Arc<dyn Store>) -> (Ledger, SequencerThread) {
+    Ledger::open(store, signer(1), LedgerConfig::default()).unwrap()
+}
+
+async fn close(ledger: Ledger, thread: SequencerThread) {
+    crate::ledger::close(ledger, thread).await;
+}
+
+/// Exports the ledger (at its latest checkpoint) and verifies all of it.
+fn verify_store(store: &dyn Store) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    portcullis::export::export(store, &export, 0, None, &|_, _| {}).unwrap();
+    verify_dir(&export, KeySet::single(signer(1).verifier().clone())).unwrap().entries_verified
+}
+
+pub async fn concurrent_appends_are_group_committed(backend: &dyn Backend) {
+    let (ledger, thread) = open_ledger(backend.open());
+    let mut tasks = Vec::new();
+    for writer in 0..64u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..20 {
+                seqs.push(ledger.append(draft(writer * 100 + i)).await.unwrap().seq);
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=1280).collect::<Vec<_>>());
+    let store = Arc::clone(ledger.store());
+    close(ledger, thread).await;
+    assert_eq!(verify_store(store.as_ref()), 1281);
+}
+
+pub async fn reopening_continues_the_ledger(backend: &dyn Backend) {
+    let (ledger, thread) = open_ledger(backend.open());
+    for i in 0..50 {
+        ledger.append(draft(i)).await.unwrap();
+    }
+    close(ledger, thread).await;
+    let (ledger, thread) = open_ledger(backend.open());
+    assert_eq!(ledger.head().size, 51);
+    assert_eq!(ledger.append(draft(99)).await.unwrap().seq, 51);
+    let store = Arc::clone(ledger.store());
+    close(ledger, thread).await;
+    assert_eq!(verify_store(backend.open().as_ref()), 52);
+    drop(store);
+}
+
+/// Two ledgers (two sequencers, as two replicas would run) on one store,
+/// appending at once: one chain, no gap, no duplicate seq; every receipt's
+/// event is at its seq.
+pub async fn two_writers_keep_one_chain(backend: &dyn Backend) {
+    let (first, first_thread) = open_ledger(backend.open());
+    let (second, second_thread) = open_ledger(backend.open());
+    let mut tasks = Vec::new();
+    for writer in 0..32u64 {
+        let ledger = if writer % 2 == 0 { first.clone() } else { second.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut receipts = Vec::new();
+            for i in 0..15 {
+                receipts.push(ledger.append(draft(writer * 100 + i)).await.unwrap());
+            }
+            receipts
+        }));
+    }
+    let mut receipts = Vec::new();
+    for task in tasks {
+        receipts.extend(task.await.unwrap());
+    }
+    let seqs: HashSet<u64> = receipts.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs.len(), receipts.len(), "no seq was acknowledged twice");
+    let store = backend.open();
+    for receipt in &receipts {
+        let entry = store.entries(receipt.seq, 1).unwrap().pop().unwrap();
+        assert_eq!(ParsedEntry::parse(&entry).unwrap().event.draft.id, receipt.id);
+    }
+    first.checkpoint().await.unwrap();
+    close(first, first_thread).await;
+    second.checkpoint().await.unwrap();
+    close(second, second_thread).await;
+    assert_eq!(verify_store(store.as_ref()), 481);
+}
+
+// --- Crash: a process appending through the store is killed with SIGKILL. ---
+
+const CRASH_URL_VAR: &str = "PORTCULLIS_CONTRACT_CRASH_URL";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of the contract's crash case; that case runs it"]
+async fn crash_child() {
+    let url = std::env::var(CRASH_URL_VAR).expect("run by the crash case");
+    let store = portcullis::store::open_url(&url).unwrap();
+    let (ledger, _thread) = open_ledger(store);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for writer in 0..64u64 {
+        let ledger = ledger.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let receipt = ledger.append(draft(writer * 1_000_000 + i)).await.unwrap();
+                let _ = tx.send(format!("ACK {} {}\n", receipt.seq, receipt.id));
+            }
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    while let Some(line) = rx.recv().await {
+        out.write_all(line.as_bytes()).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+pub async fn acknowledged_appends_survive_a_killed_process(backend: &dyn Backend) {
+    let mut acknowledged: Vec<(u64, EventId)> = Vec::new();
+    for round in 0..4 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["store_contract::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(CRASH_URL_VAR, backend.url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let kill_after = 100 + round * 211;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = 0;
+        while seen < kill_after {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(ack) = parse_ack(&line) {
+                acknowledged.push(ack);
+                seen += 1;
+            }
+        }
+        child.kill().unwrap();
+        acknowledged.extend(lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)));
+        child.wait().unwrap();
+        assert!(seen >= kill_after, "round {round}: the child stopped after {seen} acknowledgements");
+
+        let (ledger, thread) = open_ledger(backend.open());
+        let store = Arc::clone(ledger.store());
+        for (seq, id) in &acknowledged {
+            let entry = store.entries(*seq, 1).unwrap().pop().unwrap_or_else(|| panic!("acknowledged {seq} lost"));
+            assert_eq!(ParsedEntry::parse(&entry).unwrap().event.draft.id, *id, "entry {seq} changed");
+        }
+        ledger.checkpoint().await.unwrap();
+        close(ledger, thread).await;
+    }
+    assert!(verify_store(backend.open().as_ref()) as usize > acknowledged.len());
+}
+
+fn parse_ack(line: &str) -> Option<(u64, EventId)> {
+    let mut parts = line.strip_prefix("ACK ")?.split(' ');
+    let seq = parts.next()?.parse().ok()?;
+    let id = EventId::parse(parts.next()?)?;
+    Some((seq, id))
+}
+
+macro_rules! contract {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn appends_in_order_at_the_expected_position() {
+                super::appends_in_order_at_the_expected_position(&$backend);
+            }
+            #[test]
+            fn a_stale_position_conflicts_and_writes_nothing() {
+                super::a_stale_position_conflicts_and_writes_nothing(&$backend);
+            }
+            #[test]
+            fn a_duplicate_event_id_is_refused_with_nothing_written() {
+                super::a_duplicate_event_id_is_refused_with_nothing_written(&$backend);
+            }
+            #[test]
+            fn reads_from_any_position() {
+                super::reads_from_any_position(&$backend);
+            }
+            #[test]
+            fn nodes_checkpoints_and_keys() {
+                super::nodes_checkpoints_and_keys(&$backend);
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_appends_are_group_committed() {
+                super::concurrent_appends_are_group_committed(&$backend).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reopening_continues_the_ledger() {
+                super::reopening_continues_the_ledger(&$backend).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_writers_keep_one_chain() {
+                super::two_writers_keep_one_chain(&$backend).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acknowledged_appends_survive_a_killed_process() {
+                super::acknowledged_appends_survive_a_killed_process(&$backend).await;
+            }
+        }
+    };
+}
+
+contract!(sqlite, Sqlite::new());
+contract!(postgres, Postgres::new());
