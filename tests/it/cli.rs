@@ -8,18 +8,18 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn portcullis(args: &[&str], cwd: &Path) -> Output {
     Command::new(BIN).args(args).current_dir(cwd).output().unwrap()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A minimal HTTP/1.1 GET over loopback; returns (status, body).
-fn get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+pub fn get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
@@ -31,7 +31,7 @@ fn get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     Ok((status, response[split + 4..].to_vec()))
 }
 
-fn wait_ready(port: u16) {
+pub fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if matches!(get(port, "/readyz"), Ok((200, _))) {

@@ -684,3 +684,109 @@ async fn eventually_taken(router: &axum::Router, token: &str, path: &str) -> (u1
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A client command of the built binary against `server` as `token`.
+fn cli(dir: &std::path::Path, server: &str, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::cli::BIN)
+        .args(args)
+        .env("PORTCULLIS_SERVER", server)
+        .env("PORTCULLIS_TOKEN", token)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_cluster_in_its_config_makes_grants_real_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path()).await;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let context = cluster.context.as_deref().map(|c| format!("context = \"{c}\"\n")).unwrap_or_default();
+    let config = format!(
+        "data_dir = \"data\"\npolicy = \"{}\"\n\n[reconciler]\nlease_namespace = \"{ns}\"\nlease_duration_secs = 2\n\n\
+         [[reconciler.clusters]]\nname = \"e2e\"\nkubeconfig = \"{}\"\n{context}namespaces = [\"{ns}\"]\n",
+        policy.display(),
+        cluster.kubeconfig.display(),
+        ns = cluster.namespace,
+    );
+    std::fs::write(dir.path().join("portcullis.toml"), config).unwrap();
+    let out = std::process::Command::new(crate::cli::BIN)
+        .args(["token", "create", "--data-dir", "data", "--sub", "alice", "--groups", "engineering"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = crate::cli::free_port();
+    let mut serve = std::process::Command::new(crate::cli::BIN)
+        .args(["serve", "--config", "portcullis.toml", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    crate::cli::wait_ready(port);
+    let server = format!("http://127.0.0.1:{port}");
+
+    let ns = cluster.namespace.clone();
+    let request = [
+        "request",
+        "--cluster",
+        "e2e",
+        "--namespace",
+        &ns,
+        "--kind",
+        "ingresses",
+        "--name",
+        "storefront",
+        "--access",
+        "manage",
+        "--duration",
+        "1h",
+        "--json",
+    ];
+    let out = cli(dir.path(), &server, &alice, &request);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let grant = answer["grant_id"].as_str().expect("auto-approved into a grant").to_string();
+
+    // The credential is taken once the reconciler has made the ServiceAccount (exit 7 while the service answers 503).
+    let file = dir.path().join("grant.kubeconfig");
+    let start = Instant::now();
+    loop {
+        let out = cli(dir.path(), &server, &alice, &["kubeconfig", &grant, "--output", file.to_str().unwrap()]);
+        if out.status.success() {
+            break;
+        }
+        assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!file.exists(), "a failed take leaves no file behind");
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let again = cli(dir.path(), &server, &alice, &["kubeconfig", &grant]);
+    assert_eq!(again.status.code(), Some(5), "handed out once");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&file).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let touch = json!({"metadata": {"annotations": {"e2e.portcullis.dev/touched": "yes"}}});
+    Api::<Ingress>::namespaced(kube::Client::try_from(config).unwrap(), &ns)
+        .patch("storefront", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .expect("the handed-out kubeconfig edits the granted Ingress");
+    let (status, body) = crate::cli::get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(metrics.contains("portcullis_cluster_leader{cluster=\"e2e\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_revocation_latency_seconds_count{cluster=\"e2e\"}"), "{metrics}");
+
+    // A clean stop hands the Lease back at once.
+    // SAFETY: sending SIGTERM to a child process we own.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    assert!(serve.wait().unwrap().success());
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(cluster.admin.clone(), &ns);
+    let lease = leases.get("portcullis-reconciler-e2e").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None, "released on a clean stop");
+    cluster.cleanup().await;
+}

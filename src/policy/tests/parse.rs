@@ -149,6 +149,10 @@ fn inconsistent_rules_are_refused_at_the_rule_line() {
         ),
         (format!("{MATCH}\n{requesters}\napprovers: {{}}\nmax_duration: 1h"), "approvers lists no groups and no users"),
         (
+            format!("{MATCH}\n{requesters}\nauto_approve: true\nmax_duration: 1h\ncredential: token"),
+            "credential is \"token\"; it must be identity (the default) or service-account",
+        ),
+        (
             format!(
                 "match: {{clusters: [], namespaces: [\"*\"], kinds: [ingresses], access: [view]}}\n{requesters}\nauto_approve: true\nmax_duration: 1h"
             ),
