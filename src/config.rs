@@ -8,6 +8,7 @@
 //! checkpoint_interval_secs = 1       # how often a checkpoint is signed while the ledger grows
 //! policy = "policy.yaml"             # the access policy; without it the workflow API answers 503
 //! tokens = "portcullis-data/tokens"  # static bearer tokens, stored as hashes
+//! store = "postgres://portcullis@db.internal/portcullis"  # default: SQLite in data_dir/ledger.db
 //! ```
 
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub struct FileConfig {
     pub checkpoint_interval_secs: Option<u64>,
     pub policy: Option<PathBuf>,
     pub tokens: Option<PathBuf>,
+    /// The ledger store's URL (`postgres://...`, `sqlite:PATH`); see `store::open_url`.
+    pub store: Option<String>,
     /// Outbound webhooks (`[[webhooks]]` tables); see `notify`.
     pub webhooks: Option<Vec<crate::notify::Webhook>>,
     /// OIDC bearer tokens (`[oidc]`); see `oidc`.
@@ -50,6 +53,8 @@ pub struct ServeConfig {
     pub checkpoint_interval_secs: u64,
     pub policy: Option<PathBuf>,
     tokens: Option<PathBuf>,
+    /// The ledger store's URL; `None` is the embedded SQLite file in the data directory.
+    pub store: Option<String>,
     pub webhooks: Vec<crate::notify::Webhook>,
     pub oidc: Option<crate::oidc::OidcConfig>,
     pub reconciler: Option<crate::reconciler::config::ReconcilerConfig>,
@@ -61,6 +66,17 @@ pub const DEFAULT_DATA_DIR: &str = "portcullis-data";
 impl ServeConfig {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("ledger.db")
+    }
+
+    /// The URL of the ledger store: the configured one, or the SQLite file in the data directory.
+    pub fn store_url(&self) -> String {
+        self.store.clone().unwrap_or_else(|| format!("sqlite:{}", self.database_path().display()))
+    }
+
+    /// Whether a ledger may already exist: always for a configured store (a
+    /// shared database), else when the SQLite file exists.
+    pub fn ledger_may_exist(&self) -> bool {
+        self.store.is_some() || self.database_path().exists()
     }
 
     pub fn key_path(&self) -> PathBuf {
@@ -96,6 +112,7 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         checkpoint_interval_secs,
         policy,
         tokens,
+        store,
         webhooks: _,
         oidc: _,
         reconciler: _,
@@ -126,6 +143,7 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         checkpoint_interval_secs: interval,
         policy: policy.or(file.policy),
         tokens: tokens.or(file.tokens),
+        store: store.or(file.store),
         webhooks,
         oidc: file.oidc.clone(),
         reconciler: file.reconciler.clone(),

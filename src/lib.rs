@@ -19,6 +19,7 @@ pub mod domain;
 pub mod export;
 pub mod keyfile;
 pub mod ledger;
+pub mod migrate;
 pub mod notify;
 pub mod oidc;
 pub mod policy;

@@ -31,6 +31,9 @@ struct Common {
     /// Where the ledger database and the log key live [default: portcullis-data].
     #[arg(long, env = "PORTCULLIS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The ledger store: postgres://user@host/db, or sqlite:PATH [default: sqlite:DATA_DIR/ledger.db].
+    #[arg(long, env = "PORTCULLIS_STORE")]
+    store: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -85,6 +88,16 @@ enum Command {
         /// The static tokens file [default: DATA_DIR/tokens].
         #[arg(long)]
         tokens: Option<PathBuf>,
+    },
+    /// Copy a ledger between stores (e.g. SQLite to PostgreSQL), verifying every entry and the
+    /// final checkpoint; rerun to resume; a target holding another ledger is refused.
+    Migrate {
+        /// The source store URL (postgres://..., sqlite:PATH).
+        #[arg(long)]
+        from: String,
+        /// The target store URL; created (schema) if needed.
+        #[arg(long)]
+        to: String,
     },
     /// Manage static bearer tokens (stored only as hashes).
     Token {
@@ -274,19 +287,20 @@ enum Command {
     },
 }
 
-fn serve_config(common: &Common, flags: config::FileConfig) -> anyhow::Result<ServeConfig> {
+fn serve_config(common: &Common, mut flags: config::FileConfig) -> anyhow::Result<ServeConfig> {
     let file = match &common.config {
         Some(path) => config::read(path)?,
         None => config::FileConfig::default(),
     };
-    Ok(config::merge(file, config::FileConfig { data_dir: common.data_dir.clone(), ..flags })?)
+    let store = common.store.clone().or(flags.store.take());
+    Ok(config::merge(file, config::FileConfig { data_dir: common.data_dir.clone(), store, ..flags })?)
 }
 
 /// Commands that need the ledger open but not the service: the service must be stopped.
 fn open_offline(
     config: &ServeConfig,
 ) -> anyhow::Result<(portcullis::ledger::Ledger, portcullis::ledger::SequencerThread)> {
-    if !config.database_path().exists() {
+    if !config.ledger_may_exist() {
         anyhow::bail!("no ledger at {}; run `portcullis serve` first", config.database_path().display());
     }
     let (ledger, thread, _) = portcullis::serve::open_ledger(config)?;
@@ -314,6 +328,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = serve_config(&common, flags)?;
             portcullis::serve::serve(config).await?;
         }
+        Command::Migrate { from, to } => {
+            let open = |url: &str| {
+                portcullis::store::open_url(url).with_context(|| format!("opening {}", portcullis::store::redact(url)))
+            };
+            let (source, target) = (open(&from)?, open(&to)?);
+            let tty = std::io::stderr().is_terminal();
+            let progress = move |done: u64, total: u64| {
+                if tty {
+                    eprint!("\rmigrating {done}/{total} entries");
+                }
+            };
+            let summary = tokio::task::spawn_blocking(move || {
+                portcullis::migrate::migrate(source.as_ref(), target.as_ref(), Default::default(), &progress)
+            })
+            .await
+            .context("the migration task")??;
+            if tty {
+                eprintln!();
+            }
+            println!(
+                "migrated ledger {}: {} entries verified and copied (resumed at {}), checkpoint of size {} verified and written",
+                summary.origin, summary.copied, summary.resumed_at, summary.size
+            );
+        }
         Command::Token { command: TokenCommand::Create { common, sub, groups, tokens } } => {
             let config = serve_config(&common, config::FileConfig { tokens, ..Default::default() })?;
             let path = config.tokens_path();
@@ -328,17 +366,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Export { dir, common, from, to } => {
             let config = serve_config(&common, config::FileConfig::default())?;
-            if !config.database_path().exists() {
+            if !config.ledger_may_exist() {
                 anyhow::bail!("no ledger at {}", config.database_path().display());
             }
-            let store = portcullis::store::sqlite::SqliteStore::open(&config.database_path())?;
+            let store = portcullis::serve::open_store(&config)?;
             let tty = std::io::stderr().is_terminal();
             let progress = |done: u64, total: u64| {
                 if tty {
                     eprint!("\rexporting {done}/{total} entries");
                 }
             };
-            let summary = portcullis::export::export(&store, &dir, from, to, &progress)?;
+            let summary = portcullis::export::export(store.as_ref(), &dir, from, to, &progress)?;
             if tty {
                 eprintln!();
             }

@@ -13,7 +13,6 @@ use crate::config::ServeConfig;
 use crate::keyfile;
 use crate::ledger::{Ledger, LedgerConfig, LedgerError, TailCheckError};
 use crate::policy::Policy;
-use crate::store::sqlite::SqliteStore;
 use crate::workflow::Workflow;
 use anyhow::Context as _;
 use std::io::Write;
@@ -41,10 +40,11 @@ pub fn load_or_generate_key(config: &ServeConfig) -> anyhow::Result<(portcullis_
         }
         return Ok((key, false));
     }
-    if config.database_path().exists() {
+    if config.database_path().exists() || config.store.as_deref().is_some_and(store_holds_a_ledger) {
         anyhow::bail!(
-            "{} exists but its key {} is missing; restore the key (a new key cannot continue an existing ledger)",
-            config.database_path().display(),
+            "{} holds a ledger but its key {} is missing; restore the key (a new key cannot continue an existing \
+             ledger; every replica on a shared store needs a copy of the log key)",
+            config.store.as_deref().map_or_else(|| config.database_path().display().to_string(), crate::store::redact),
             path.display()
         );
     }
@@ -66,7 +66,7 @@ pub fn load_or_generate_key(config: &ServeConfig) -> anyhow::Result<(portcullis_
 pub fn open_ledger(config: &ServeConfig) -> anyhow::Result<(Ledger, crate::ledger::SequencerThread, bool)> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let (key, generated) = load_or_generate_key(config)?;
-    let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::open(&config.database_path())?);
+    let store = open_store(config)?;
     match Ledger::open(Arc::clone(&store), key, LedgerConfig::default()) {
         Ok((ledger, thread)) => Ok((ledger, thread, generated)),
         Err(LedgerError::TailCheck(TailCheckError::WrongKey { in_force, .. }))
@@ -80,6 +80,19 @@ pub fn open_ledger(config: &ServeConfig) -> anyhow::Result<(Ledger, crate::ledge
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens the configured ledger store (SQLite in the data directory by default).
+///
+/// # Errors
+/// A bad URL, an unreachable database, or a store of an unknown schema version.
+pub fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    let url = config.store_url();
+    crate::store::open_url(&url).with_context(|| format!("opening the ledger store {}", crate::store::redact(&url)))
+}
+
+fn store_holds_a_ledger(url: &str) -> bool {
+    crate::store::open_url(url).and_then(|store| store.size()).is_ok_and(|size| size > 0)
 }
 
 /// Where a rotation writes the new key before recording it.
@@ -132,7 +145,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 std::fs::read_to_string(path).with_context(|| format!("reading the policy {}", path.display()))?;
             match Policy::parse(&text) {
                 Ok(policy) => Some(Arc::new(policy)),
-                Err(e) if config.database_path().exists() => {
+                Err(e) if config.ledger_may_exist() => {
                     tracing::error!("the policy {} is refused: {e}; the policy in force stays", path.display());
                     None
                 }
@@ -156,7 +169,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "portcullis serving ledger {} on http://{address}", ledger.origin());
-        let _ = writeln!(out, "  store:        SQLite {} ({} entries)", config.database_path().display(), head.size);
+        let _ = writeln!(out, "  store:        {} ({} entries)", ledger.store().describe(), head.size);
         let key_note = if generated { " (generated now: keep it safe and back it up)" } else { "" };
         let _ = writeln!(out, "  signing key:  {}{key_note}", config.key_path().display());
         let _ = writeln!(out, "  verifier key: {vkey}");

@@ -153,7 +153,8 @@ impl Workflow {
 
     /// Folds every durable entry the state has not seen yet.
     async fn catch_up(&self, state: &mut State) -> Result<(), WorkflowError> {
-        let head = self.ledger.head().size;
+        // Replicas on one store: what another replica committed counts too.
+        let head = self.ledger.refresh_head().await.map_err(|e| WorkflowError::Read(e.to_string()))?.size;
         while state.size < head {
             let from = state.size;
             let entries = self.ledger.entries(from, 4096).await.map_err(|e| WorkflowError::Read(e.to_string()))?;

@@ -124,6 +124,8 @@ const MAX_ATTEMPTS: u32 = 64;
 pub struct Ledger {
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<Head>,
+    /// To publish a head read from a shared store (see [`Ledger::refresh_head`]).
+    head_sender: std::sync::Weak<watch::Sender<Head>>,
     store: Arc<dyn Store>,
     origin: String,
 }
@@ -158,6 +160,7 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let (retry_tx, retry_rx) = std::sync::mpsc::channel();
         let head = Arc::new(head_tx);
+        let head_sender = Arc::downgrade(&head);
         let stopped = Arc::new(AtomicBool::new(false));
         let mut sequencer = Sequencer {
             store: Arc::clone(&store),
@@ -192,7 +195,7 @@ impl Ledger {
                 .spawn(move || follower.run())
                 .map_err(LedgerError::Thread)?;
         }
-        Ok((Ledger { requests: tx, head: head_rx, store, origin }, SequencerThread(thread)))
+        Ok((Ledger { requests: tx, head: head_rx, head_sender, store, origin }, SequencerThread(thread)))
     }
 
     /// Appends one event and waits until it is durable.
@@ -266,6 +269,34 @@ impl Ledger {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// On a store other replicas append to, reads the store's head now and
+    /// publishes it (instead of waiting for the follower), so a command
+    /// decides on everything committed before it. A no-op on a store of one writer.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn refresh_head(&self) -> Result<Head, StoreError> {
+        if !self.store.shared() {
+            return Ok(self.head());
+        }
+        let store = Arc::clone(&self.store);
+        let known = self.head();
+        let head = tokio::task::spawn_blocking(move || {
+            let size = store.size()?;
+            if size <= known.size {
+                return Ok::<_, StoreError>(known);
+            }
+            let frontier = Frontier::load(size, &crate::store::NodeReader(store.as_ref()))?;
+            Ok(Head { size, root: frontier.root() })
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("the read task failed: {e}")))??;
+        if let Some(sender) = self.head_sender.upgrade() {
+            publish_head(&sender, head);
+        }
+        Ok(self.head())
     }
 
     pub fn origin(&self) -> &str {

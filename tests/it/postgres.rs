@@ -278,3 +278,198 @@ async fn a_database_crash_in_the_middle_of_a_load_loses_nothing_acknowledged() {
     .unwrap();
     drop(store);
 }
+
+/// `migrate` copies a SQLite ledger to PostgreSQL, verifying as it goes;
+/// an interrupted copy resumes; a target holding another ledger is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_resumes_and_refuses_another_ledger() {
+    use crate::store_contract::{Backend, Postgres, Sqlite};
+    use portcullis::migrate::{MigrateError, Options, migrate};
+    let source = Sqlite::new();
+    let (ledger, thread) =
+        portcullis::ledger::Ledger::open(source.open(), crate::ledger::signer(1), Default::default()).unwrap();
+    for i in 0..5000 {
+        ledger.append(crate::ledger::draft(i)).await.unwrap();
+    }
+    let (size, _) = ledger.checkpoint().await.unwrap();
+    crate::ledger::close(ledger, thread).await;
+    let target = Postgres::new();
+    let other = Sqlite::new();
+    let (ledger, thread) =
+        portcullis::ledger::Ledger::open(other.open(), crate::ledger::signer(2), Default::default()).unwrap();
+    ledger.append(crate::ledger::draft(1)).await.unwrap();
+    ledger.checkpoint().await.unwrap();
+    crate::ledger::close(ledger, thread).await;
+
+    tokio::task::spawn_blocking(move || {
+        let (from, to) = (source.open(), target.open());
+        // Interrupted after 4200 entries (one full batch and part of the next).
+        let first = migrate(from.as_ref(), to.as_ref(), Options { stop_after: Some(4200) }, &|_, _| {}).unwrap();
+        assert_eq!((first.resumed_at, first.copied), (0, 4200));
+        assert_eq!(to.latest_checkpoint().unwrap(), None, "no checkpoint before the copy is complete");
+        let second = migrate(from.as_ref(), to.as_ref(), Options::default(), &|_, _| {}).unwrap();
+        assert_eq!((second.resumed_at, second.copied, second.size), (4200, size - 4200, size));
+        assert_eq!(to.latest_checkpoint().unwrap(), from.latest_checkpoint().unwrap());
+        // A rerun has nothing to copy.
+        let third = migrate(from.as_ref(), to.as_ref(), Options::default(), &|_, _| {}).unwrap();
+        assert_eq!(third.copied, 0);
+        // Another ledger into the same target: refused, nothing written.
+        let refused = migrate(other.open().as_ref(), to.as_ref(), Options::default(), &|_, _| {});
+        assert!(matches!(refused, Err(MigrateError::DifferentLedger(_))), "{refused:?}");
+        assert_eq!(to.size().unwrap(), size);
+        // The copy verifies in full, and the service opens on it.
+        let dir = tempfile::tempdir().unwrap();
+        portcullis::export::export(to.as_ref(), &dir.path().join("e"), 0, None, &|_, _| {}).unwrap();
+        let keys = portcullis_format::keys::KeySet::single(crate::ledger::signer(1).verifier().clone());
+        assert_eq!(crate::ledger::verify_dir(&dir.path().join("e"), keys).unwrap().entries_verified, size);
+        target
+    })
+    .await
+    .unwrap();
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+fn spawn_replica(dir: &Path, store: &str) -> (Child, u16) {
+    let port = free_port();
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/policy.example.yaml");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir", "data", "--listen", &format!("127.0.0.1:{port}"), "--store", store])
+        .args(["--policy", policy, "--origin", "portcullis.test/replicas"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/readyz", None, None).0 == 200
+        {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the replica did not become ready");
+}
+
+const REQUEST: &str = r#"{"cluster":"prod","namespace":"shop-eu","kind":"ingresses","names":["storefront"],"access":"edit","duration":"30m","reason":"INC-4711: fix the TLS host","ticket":"INC-4711"}"#;
+
+/// Two `portcullis serve` processes on one PostgreSQL database: a command on
+/// either is seen by both, their checkpoints agree, and killing one (SIGKILL)
+/// loses nothing it acknowledged.
+#[test]
+fn two_replicas_serve_one_ledger_and_killing_one_loses_nothing() {
+    use crate::store_contract::{Backend, Postgres};
+    let pg = Postgres::new();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let token = |sub: &str, groups: &str| {
+        let out = Command::new(BIN)
+            .args(["token", "create", "--data-dir", "data", "--sub", sub, "--groups", groups])
+            .current_dir(a_dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let alice = token("alice@example.com", "web");
+    let lead1 = token("lead1@example.com", "sre-leads");
+    let lead2 = token("lead2@example.com", "sre-leads");
+    let (mut a, a_port) = spawn_replica(a_dir.path(), &pg.url());
+    // Every replica needs the log key and the same tokens.
+    std::fs::create_dir_all(b_dir.path().join("data")).unwrap();
+    for file in ["log.key", "log.key.pub", "tokens"] {
+        std::fs::copy(a_dir.path().join("data").join(file), b_dir.path().join("data").join(file)).unwrap();
+    }
+    let (mut b, b_port) = spawn_replica(b_dir.path(), &pg.url());
+
+    // A request on A, approved on B and on A: active on both.
+    let (status, body) = http(a_port, "POST", "/v1/requests", Some(&alice), Some(REQUEST));
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    let (status, body) = http(b_port, "POST", &format!("/v1/requests/{id}/approve"), Some(&lead1), Some("{}"));
+    assert_eq!(status, 200, "the request made on A is seen on B at once: {body}");
+    let (status, body) = http(a_port, "POST", &format!("/v1/requests/{id}/approve"), Some(&lead2), Some("{}"));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(b_port, "GET", &format!("/v1/requests/{id}"), Some(&alice), None);
+    assert_eq!(status, 200, "{body}");
+
+    // Both replicas take requests at once.
+    let mut acknowledged = Vec::new();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = [a_port, b_port, a_port, b_port]
+            .into_iter()
+            .map(|port| {
+                let alice = alice.clone();
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| {
+                            let (status, body) = http(port, "POST", "/v1/requests", Some(&alice), Some(REQUEST));
+                            assert_eq!(status, 201, "{body}");
+                            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                            v["id"].as_str().unwrap().to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            acknowledged.extend(worker.join().unwrap());
+        }
+    });
+
+    // Checkpoints of both agree (the same tree once both have signed the same size).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, at_a) = http(a_port, "GET", "/checkpoint", None, None);
+        let (_, at_b) = http(b_port, "GET", "/checkpoint", None, None);
+        if at_a == at_b {
+            break;
+        }
+        assert!(Instant::now() < deadline, "checkpoints differ:\n{at_a}\n{at_b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Kill A; B still serves everything A acknowledged, and takes commands.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    for id in acknowledged.iter().chain([&id]) {
+        let (status, body) = http(b_port, "GET", &format!("/v1/requests/{id}"), Some(&alice), None);
+        assert_eq!(status, 200, "request {id}: {body}");
+    }
+    let (status, body) = http(b_port, "POST", "/v1/requests", Some(&alice), Some(REQUEST));
+    assert_eq!(status, 201, "{body}");
+    // SAFETY: our child's pid.
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    assert!(b.wait().unwrap().success());
+
+    // The whole ledger verifies.
+    let store = pg.open();
+    let dir = tempfile::tempdir().unwrap();
+    portcullis::export::export(store.as_ref(), &dir.path().join("e"), 0, None, &|_, _| {}).unwrap();
+    let vkey = std::fs::read_to_string(a_dir.path().join("data/log.key.pub")).unwrap();
+    let key = portcullis_format::note::VerifierKey::parse(vkey.trim()).unwrap();
+    let summary =
+        crate::ledger::verify_dir(&dir.path().join("e"), portcullis_format::keys::KeySet::single(key)).unwrap();
+    assert!(summary.entries_verified >= 44, "{}", summary.entries_verified);
+}
