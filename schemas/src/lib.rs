@@ -32,3 +32,4 @@ pub mod proof_file;
 pub mod tiles;
 pub mod time;
 pub mod verify;
+pub mod witness;

@@ -304,6 +304,11 @@ impl SignerKey {
         &self.verifier
     }
 
+    /// The key itself, for signatures of other formats (witness cosignatures).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// Signs `text` and returns the signature line.
     pub fn sign(&self, text: &[u8]) -> NoteSignature {
         NoteSignature {
