@@ -16,6 +16,7 @@
 //! The generator is a tool of its own: nothing in the service's API can
 //! produce synthetic events.
 
+mod postgres;
 mod reconciler;
 mod workflow;
 
@@ -339,6 +340,16 @@ async fn main() -> anyhow::Result<()> {
             let vkey: String = arg(&args, "--key", String::new())?;
             bench_verify(&export, &vkey, &mut out)?;
         }
+        Some("postgres") => {
+            let url: String = arg(&args, "--url", String::new())?;
+            if url.is_empty() {
+                bail!("--url postgres://USER@HOST:PORT/DB is required (see tools/pg-throwaway)");
+            }
+            let events = arg(&args, "--events", 200_000u64)?;
+            let writers = arg(&args, "--writers", 64u64)?;
+            out.push_str(&format!("Machine: {}\n\n", machine()));
+            postgres::bench(&url, events, writers, &mut out).await?;
+        }
         Some("workflow") => {
             let events = arg(&args, "--events", 1_000_000u64)?;
             let grants = arg(&args, "--grants", 10_000u64)?;
@@ -371,7 +382,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | all [--events N]"
+                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | all [--events N]"
             );
             std::process::exit(2);
         }
