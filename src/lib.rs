@@ -26,4 +26,5 @@ pub mod policy;
 pub mod reconciler;
 pub mod serve;
 pub mod store;
+pub mod witness;
 pub mod workflow;

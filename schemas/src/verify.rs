@@ -54,6 +54,8 @@ pub enum Check {
     Truncation,
     Fork,
     Jsonl,
+    /// The checkpoint lacks the witness cosignatures the trust policy requires.
+    WitnessQuorum,
 }
 
 impl Check {
@@ -78,6 +80,7 @@ impl Check {
             Check::Truncation => "truncation",
             Check::Fork => "fork",
             Check::Jsonl => "jsonl",
+            Check::WitnessQuorum => "witness-quorum",
         }
     }
 }

@@ -77,7 +77,9 @@ pub trait Store: Send + Sync {
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError>;
     /// Consecutive full nodes of one level.
     fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<Hash>, StoreError>;
-    /// Stores a signed checkpoint note for `size`.
+    /// Stores a signed checkpoint note for `size`. A note for a size already
+    /// stored replaces it only when it extends it (the same note with more
+    /// signature lines: witness cosignatures); anything else is ignored.
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;
     /// The checkpoint of the largest size.
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;

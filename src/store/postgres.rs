@@ -405,7 +405,10 @@ impl Store for PostgresStore {
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         self.with_client(&self.writer, |c| {
             c.execute(
-                "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING",
+                // A note that extends the stored one (witness cosignatures appended) replaces it.
+                "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO UPDATE \
+                 SET note = excluded.note WHERE length(excluded.note) > length(ledger_checkpoints.note) \
+                 AND left(excluded.note, length(ledger_checkpoints.note)) = ledger_checkpoints.note",
                 &[&(size as i64), &note],
             )
         })?;

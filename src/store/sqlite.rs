@@ -189,7 +189,11 @@ impl Store for SqliteStore {
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         let conn = lock(&self.writer);
         conn.execute(
-            "INSERT INTO checkpoints (size, note) VALUES (?1, ?2) ON CONFLICT (size) DO NOTHING",
+            // A note that extends the stored one (the same note with witness
+            // cosignatures appended) replaces it; anything else leaves it as it is.
+            "INSERT INTO checkpoints (size, note) VALUES (?1, ?2) ON CONFLICT (size) DO UPDATE SET note = excluded.note \
+             WHERE length(excluded.note) > length(checkpoints.note) \
+             AND substr(excluded.note, 1, length(checkpoints.note)) = checkpoints.note",
             params![size as i64, note],
         )?;
         Ok(())

@@ -19,4 +19,5 @@ mod reconciler;
 mod rfc9162_vectors;
 mod store_contract;
 mod tamper;
+mod witness;
 mod workflow;

@@ -7,6 +7,7 @@
 //! portcullis-verify EXPORT_DIR --key VKEY [--key VKEY@FROM-TO ...] [--anchor CHECKPOINT_FILE]
 //!                   [--allow-partial] [--threads N] [--json]
 //! portcullis-verify proof FILE.tlog-proof --key VKEY [--json]
+//! portcullis-verify report BUNDLE --key VKEY [--anchor CHECKPOINT_FILE] [--witness-policy FILE] [--json]
 //! ```
 //!
 //! Exit status: 0 verified, 1 verification failed, 2 bad usage or unreadable input.
@@ -20,18 +21,27 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
+pub mod report;
+
 pub const USAGE: &str = "\
 usage: portcullis-verify EXPORT_DIR --key VKEY [--key VKEY ...] [--anchor CHECKPOINT_FILE]
-                         [--allow-partial] [--threads N] [--json]
+                         [--witness-policy FILE] [--allow-partial] [--threads N] [--json]
        portcullis-verify proof FILE --key VKEY [--key VKEY ...] [--json]
+       portcullis-verify report BUNDLE --key VKEY [--key VKEY ...] [--anchor CHECKPOINT_FILE]
+                         [--witness-policy FILE] [--json]
 
-Verifies a Portcullis ledger export (C2SP tlog-tiles layout) or a single
-tlog-proof evidence file, trusting only the pinned verifier keys.
+Verifies a Portcullis ledger export (C2SP tlog-tiles layout), a single
+tlog-proof evidence file, or a SOC 2 report bundle (every entry, the proofs,
+every population, figure and file), trusting only the pinned verifier keys.
 
   --key VKEY       a pinned verifier key <name>+<id>+<base64>, or a file holding one;
                    VKEY@FROM-TO limits it to entries FROM..TO (TO exclusive, may be empty)
   --anchor FILE    a checkpoint pinned earlier: the export must extend it (catches
                    truncation, rollback and forks)
+  --witness-policy FILE  a C2SP tlog-policy file: the export's checkpoint must carry
+                   cosignatures of a quorum of its witnesses (catches a log that
+                   truncates or forks its history and re-signs)
+  --witness-policy FILE  (report) a witness quorum policy the checkpoint's cosignatures must meet
   --allow-partial  accept a range export whose leading entry bundles are absent
   --threads N      worker threads (default: all cores)
   --json           machine-readable output on stdout
@@ -43,6 +53,7 @@ struct Args {
     command: Command,
     keys: Vec<PinnedKey>,
     anchor: Option<PathBuf>,
+    witness_policy: Option<PathBuf>,
     allow_partial: bool,
     threads: Option<usize>,
     json: bool,
@@ -51,6 +62,7 @@ struct Args {
 enum Command {
     Export(PathBuf),
     Proof(PathBuf),
+    Report(PathBuf),
     Help,
     Version,
 }
@@ -80,6 +92,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         command: Command::Help,
         keys: Vec::new(),
         anchor: None,
+        witness_policy: None,
         allow_partial: false,
         threads: None,
         json: false,
@@ -96,6 +109,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--key" => parsed.keys.push(read_key(&value("--key")?)?),
             "--anchor" => parsed.anchor = Some(PathBuf::from(value("--anchor")?)),
+            "--witness-policy" => parsed.witness_policy = Some(PathBuf::from(value("--witness-policy")?)),
+            "--witness-policy" => parsed.witness_policy = Some(PathBuf::from(value("--witness-policy")?)),
             "--allow-partial" => parsed.allow_partial = true,
             "--json" => parsed.json = true,
             "--threads" => {
@@ -114,9 +129,13 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     parsed.command = match positional.as_slice() {
         [] => return Err("missing EXPORT_DIR".into()),
         [cmd, file] if cmd == "proof" => Command::Proof(PathBuf::from(file)),
+        [cmd, dir] if cmd == "report" => Command::Report(PathBuf::from(dir)),
         [dir] => Command::Export(PathBuf::from(dir)),
         _ => return Err(format!("unexpected arguments: {}", positional.join(" "))),
     };
+    if parsed.witness_policy.is_some() && !matches!(parsed.command, Command::Report(_)) {
+        return Err("--witness-policy applies to `report` only".into());
+    }
     if parsed.keys.is_empty() {
         return Err("at least one --key is required: the verifier trusts only pinned keys".into());
     }
@@ -143,6 +162,111 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }
         Command::Proof(path) => run_proof(&args, path, out, err),
         Command::Export(dir) => run_export(&args, dir, out, err),
+        Command::Report(dir) => run_report(&args, dir, out, err),
+    }
+}
+
+fn run_report(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
+        match path {
+            Some(path) => std::fs::read(path).map(Some).map_err(|e| format!("{flag} {}: {e}", path.display())),
+            None => Ok(None),
+        }
+    };
+    let inputs = read("--anchor", &args.anchor).and_then(|anchor| Ok((anchor, read("--witness-policy", &args.witness_policy)?)));
+    let (anchor, policy) = match inputs {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            let _ = writeln!(err, "portcullis-verify: {message}");
+            return 2;
+        }
+    };
+    if policy.is_some() && !report::WITNESS_POLICY_SUPPORTED {
+        let _ = writeln!(
+            err,
+            "portcullis-verify: --witness-policy is not supported yet: this build cannot check witness cosignatures (nothing was verified)"
+        );
+        return 2;
+    }
+    if !dir.is_dir() {
+        let _ = writeln!(err, "portcullis-verify: {} is not a directory", dir.display());
+        return 2;
+    }
+    let options = report::ReportOptions {
+        keys: KeySet::new(args.keys.clone()),
+        anchor,
+        witness_policy: policy.map(|p| String::from_utf8_lossy(&p).into_owned()),
+    };
+    match report::verify_report(dir, &options) {
+        Ok(summary) => {
+            if args.json {
+                let body = serde_json::json!({
+                    "ok": true,
+                    "origin": summary.origin,
+                    "from": summary.from,
+                    "to": summary.to,
+                    "entries": {"first_seq": summary.first_seq, "end_seq": summary.end_seq},
+                    "period_closed": summary.period_closed,
+                    "checkpoint": {"size": summary.checkpoint_size, "root": summary.checkpoint_root},
+                    "anchor_size": summary.anchor_size,
+                    "files": summary.files,
+                    "manifest_sha256": summary.manifest_sha256,
+                    "populations": summary.populations.iter().map(|(n, rows)| serde_json::json!({"name": n, "rows": rows})).collect::<Vec<_>>(),
+                    "controls": summary.controls.iter().map(|(id, n)| serde_json::json!({"id": id, "exceptions": n})).collect::<Vec<_>>(),
+                });
+                let _ = writeln!(out, "{body}");
+            } else {
+                let _ = writeln!(out, "OK: report bundle {} verified", dir.display());
+                let _ = writeln!(out, "  log:        {}", summary.origin);
+                let _ = writeln!(out, "  period:     {} .. {}", summary.from, summary.to);
+                let closed = if summary.period_closed { "" } else { " (the ledger ends inside the period)" };
+                let _ = writeln!(
+                    out,
+                    "  entries:    {}..{} with their boundaries{closed}",
+                    summary.first_seq, summary.end_seq
+                );
+                let _ = writeln!(
+                    out,
+                    "  checkpoint: size {} root {}",
+                    summary.checkpoint_size, summary.checkpoint_root
+                );
+                if let Some(anchor) = summary.anchor_size {
+                    let _ = writeln!(out, "  anchor:     consistent with the pinned checkpoint of size {anchor}");
+                }
+                for (name, rows) in &summary.populations {
+                    let _ = writeln!(out, "  population: {name} ({rows} rows) recomputed");
+                }
+                for (id, exceptions) in &summary.controls {
+                    let _ = writeln!(out, "  control:    {id}: {exceptions} exception(s)");
+                }
+                let _ = writeln!(out, "  manifest:   sha256 {} ({} files)", summary.manifest_sha256, summary.files);
+            }
+            0
+        }
+        Err(failure) => {
+            if args.json {
+                let body = serde_json::json!({
+                    "ok": false,
+                    "check": failure.code,
+                    "file": failure.file,
+                    "seq": failure.seq,
+                    "reason": failure.reason,
+                    "differences": failure.differences.iter().map(|d| serde_json::json!({
+                        "file": d.file, "row": d.row, "seq": d.seq, "expected": d.expected, "found": d.found,
+                    })).collect::<Vec<_>>(),
+                });
+                let _ = writeln!(out, "{body}");
+            } else {
+                let _ = writeln!(out, "FAILED [{}]: {failure}", failure.code);
+                for d in &failure.differences {
+                    let seq = d.seq.map(|s| format!(" (entry {s})")).unwrap_or_default();
+                    let _ = writeln!(out, "  {} row {}{seq}:", d.file, d.row);
+                    let _ = writeln!(out, "    expected: {}", d.expected.as_deref().unwrap_or("(nothing)"));
+                    let _ = writeln!(out, "    found:    {}", d.found.as_deref().unwrap_or("(nothing)"));
+                }
+            }
+            1
+        }
     }
 }
 
@@ -210,6 +334,13 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
         let _ = writeln!(err, "portcullis-verify: {} is not a directory", dir.display());
         return 2;
     }
+    let witness_policy = match read_witness_policy(args.witness_policy.as_deref()) {
+        Ok(policy) => policy,
+        Err(message) => {
+            let _ = writeln!(err, "portcullis-verify: {message}");
+            return 2;
+        }
+    };
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let show_progress = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -235,7 +366,10 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
         threads,
         progress: if show_progress { Some(&progress) } else { None },
     };
-    let result = verify_export(dir, &options);
+    let result = verify_export(dir, &options).and_then(|summary| match &witness_policy {
+        Some(policy) => check_witnesses(policy, &dir.join(portcullis_format::export::CHECKPOINT_FILE)).map(|()| summary),
+        None => Ok(summary),
+    });
     let elapsed = started.elapsed();
     match result {
         Ok(summary) => {
@@ -307,4 +441,34 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
             1
         }
     }
+}
+
+/// Reads a `--witness-policy` file.
+///
+/// # Errors
+/// A message naming the file and the bad line.
+pub fn read_witness_policy(path: Option<&std::path::Path>) -> Result<Option<portcullis_format::witness::Policy>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--witness-policy {}: {e}", path.display()))?;
+    portcullis_format::witness::Policy::parse(&text)
+        .map(Some)
+        .map_err(|e| format!("--witness-policy {}: {e}", path.display()))
+}
+
+/// Checks that the checkpoint at `path` (already verified against the pinned
+/// keys) carries the cosignatures `policy` requires.
+///
+/// # Errors
+/// A [`portcullis_format::verify::Failure`] with the `witness-quorum` check.
+pub fn check_witnesses(
+    policy: &portcullis_format::witness::Policy,
+    path: &std::path::Path,
+) -> Result<(), portcullis_format::verify::Failure> {
+    let note = std::fs::read_to_string(path).unwrap_or_default();
+    policy.check(&note).map_err(|e| portcullis_format::verify::Failure {
+        check: portcullis_format::verify::Check::WitnessQuorum,
+        seq: None,
+        path: Some(path.display().to_string()),
+        reason: e.to_string(),
+    })
 }
