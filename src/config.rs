@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub oidc: Option<crate::oidc::OidcConfig>,
     /// The clusters grants are applied to (`[reconciler]`); see `reconciler::config`.
     pub reconciler: Option<crate::reconciler::config::ReconcilerConfig>,
+    /// Witnesses every checkpoint is sent to (`[[witnesses]]`: `url`, `vkey`); see `witness`.
+    pub witnesses: Option<Vec<crate::witness::WitnessTarget>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,7 @@ pub struct ServeConfig {
     pub webhooks: Vec<crate::notify::Webhook>,
     pub oidc: Option<crate::oidc::OidcConfig>,
     pub reconciler: Option<crate::reconciler::config::ReconcilerConfig>,
+    pub witnesses: Vec<crate::witness::WitnessTarget>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
@@ -116,7 +119,12 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         webhooks: _,
         oidc: _,
         reconciler: _,
+        witnesses: _,
     } = flags;
+    let witnesses = file.witnesses.clone().unwrap_or_default();
+    for witness in &witnesses {
+        witness.validate().map_err(ConfigError::Invalid)?;
+    }
     if let Some(reconciler) = &file.reconciler {
         reconciler.validate().map_err(ConfigError::Invalid)?;
     }
@@ -147,5 +155,6 @@ pub fn merge(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigE
         webhooks,
         oidc: file.oidc.clone(),
         reconciler: file.reconciler.clone(),
+        witnesses,
     })
 }

@@ -104,6 +104,24 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Run an independent witness (C2SP tlog-witness) that cosigns the checkpoints of the given logs.
+    ///
+    /// It cosigns a checkpoint only if the log signed it and it is consistent with the largest one
+    /// it cosigned before (kept in --state, written atomically), so a log cannot truncate or fork
+    /// its history unseen. Make its key with `portcullis keygen --name witness.example/w1 --out FILE`.
+    Witness {
+        #[arg(long, default_value = "127.0.0.1:8490")]
+        listen: std::net::SocketAddr,
+        /// The witness's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The verifier key of a log to witness (the key itself or a file holding it); repeatable.
+        #[arg(long = "log-key", required = true)]
+        log_keys: Vec<String>,
+        /// Where the witness keeps what it cosigned (created on first use).
+        #[arg(long)]
+        state: PathBuf,
+    },
     /// Write a new Ed25519 key pair: PATH (private, mode 0600) and PATH.pub; print the verifier key.
     Keygen {
         /// The key name: the origin of the log it will sign, e.g. portcullis.example.com/ledger.
@@ -358,6 +376,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token = portcullis::auth::create(&path, &sub, &groups)?;
             eprintln!("added a token for {sub} ({}) to {}; it is shown only now", groups.join(","), path.display());
             println!("{token}");
+        }
+        Command::Witness { listen, key, log_keys, state } => {
+            let key = keyfile::load(&key)?;
+            let mut logs = Vec::new();
+            for value in &log_keys {
+                let text = if !value.contains('+') && std::path::Path::new(value).is_file() {
+                    std::fs::read_to_string(value)?.trim().to_string()
+                } else {
+                    value.clone()
+                };
+                let log = portcullis_format::note::VerifierKey::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--log-key {value}: {e}"))?;
+                logs.push(log);
+            }
+            portcullis::witness::serve(listen, key, logs, &state).await?;
         }
         Command::Keygen { name, out } => {
             let key = keyfile::generate(&out, &name)?;

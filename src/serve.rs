@@ -248,6 +248,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 );
             }
         }
+        if config.witnesses.is_empty() {
+            let _ = writeln!(out, "  witnesses:    none ([[witnesses]] in the config file: url, vkey)");
+        } else {
+            let _ = writeln!(out, "  witnesses:    {} (each checkpoint is sent for cosigning)", config.witnesses.len());
+        }
         if config.webhooks.is_empty() {
             let _ = writeln!(out, "  webhooks:     none ([[webhooks]] in the config file)");
         } else {
@@ -257,6 +262,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let checkpointer =
         tokio::spawn(ledger.clone().run_checkpointer(Duration::from_secs(config.checkpoint_interval_secs)));
+    let pusher = (!config.witnesses.is_empty()).then(|| {
+        let every = Duration::from_secs(config.checkpoint_interval_secs);
+        tokio::spawn(crate::witness::run_pusher(ledger.clone(), config.witnesses.clone(), every))
+    });
     let workflow = match (&config.policy, policy) {
         (Some(_), policy) => Some(Workflow::open(ledger.clone(), policy).await?),
         (None, _) => None,
@@ -292,7 +301,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = Arc::new(state);
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
-    for task in [scheduler, notifier, warnings].into_iter().flatten() {
+    for task in [scheduler, notifier, warnings, pusher].into_iter().flatten() {
         task.abort();
     }
     // The reconciler hands its leases over and records what it still holds before the ledger closes.

@@ -158,3 +158,58 @@ async fn a_witness_refuses_unknown_logs_bad_signatures_and_bad_proofs() {
     assert_eq!((again.0.as_u16(), again.2.as_str()), (409, "5\n"));
     assert_eq!(again.1, portcullis::witness::SIZE_CONTENT_TYPE);
 }
+
+#[test]
+fn the_witness_command_serves_add_checkpoint_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("witness.key");
+    let out = std::process::Command::new(crate::cli::BIN)
+        .args(["keygen", "--name", "witness.portcullis.test/w9", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = std::process::Command::new(crate::cli::BIN)
+        .args(["witness", "--key", key.to_str().unwrap(), "--log-key", "not-a-key", "--state", "s.json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--log-key not-a-key"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let port = crate::cli::free_port();
+    let mut child = std::process::Command::new(crate::cli::BIN)
+        .args(["witness", "--listen", &format!("127.0.0.1:{port}"), "--key", key.to_str().unwrap()])
+        .args(["--log-key", &signer(1).verifier().to_string(), "--state", "state.json"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while crate::cli::get(port, "/healthz").is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the witness did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let note = Checkpoint { origin: signer(1).name().into(), size: 3, root: [3; 32] }.sign(&signer(1));
+    let body = AddCheckpoint { old: 0, proof: Vec::new(), checkpoint: note }.encode();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read as _, Write as _};
+    write!(
+        stream,
+        "POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\u{2014} witness.portcullis.test/w9 "), "{answer}");
+    // SAFETY: signalling a child process this test owns.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(state.contains("\"size\": 3"), "{state}");
+}
