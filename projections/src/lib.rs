@@ -11,12 +11,14 @@
 //! - [`rbac`]: the effective RBAC rules of a grant.
 //! - [`cluster`]: what the reconciler observed in the clusters, and its fold.
 //! - [`ledger_stats`]: the ledger's own bookkeeping (keys, kinds).
+//! - [`report`]: SOC 2 evidence reports: populations, controls, figures, the bundle's files.
 
 pub mod cluster;
 pub mod events;
 pub mod intern;
 pub mod ledger_stats;
 pub mod rbac;
+pub mod report;
 pub mod state;
 pub mod types;
 

@@ -41,7 +41,6 @@ every population, figure and file), trusting only the pinned verifier keys.
   --witness-policy FILE  a C2SP tlog-policy file: the export's checkpoint must carry
                    cosignatures of a quorum of its witnesses (catches a log that
                    truncates or forks its history and re-signs)
-  --witness-policy FILE  (report) a witness quorum policy the checkpoint's cosignatures must meet
   --allow-partial  accept a range export whose leading entry bundles are absent
   --threads N      worker threads (default: all cores)
   --json           machine-readable output on stdout
@@ -110,7 +109,6 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--key" => parsed.keys.push(read_key(&value("--key")?)?),
             "--anchor" => parsed.anchor = Some(PathBuf::from(value("--anchor")?)),
             "--witness-policy" => parsed.witness_policy = Some(PathBuf::from(value("--witness-policy")?)),
-            "--witness-policy" => parsed.witness_policy = Some(PathBuf::from(value("--witness-policy")?)),
             "--allow-partial" => parsed.allow_partial = true,
             "--json" => parsed.json = true,
             "--threads" => {
@@ -133,9 +131,6 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         [dir] => Command::Export(PathBuf::from(dir)),
         _ => return Err(format!("unexpected arguments: {}", positional.join(" "))),
     };
-    if parsed.witness_policy.is_some() && !matches!(parsed.command, Command::Report(_)) {
-        return Err("--witness-policy applies to `report` only".into());
-    }
     if parsed.keys.is_empty() {
         return Err("at least one --key is required: the verifier trusts only pinned keys".into());
     }
@@ -162,111 +157,17 @@ pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }
         Command::Proof(path) => run_proof(&args, path, out, err),
         Command::Export(dir) => run_export(&args, dir, out, err),
-        Command::Report(dir) => run_report(&args, dir, out, err),
-    }
-}
-
-fn run_report(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let read = |flag: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
-        match path {
-            Some(path) => std::fs::read(path).map(Some).map_err(|e| format!("{flag} {}: {e}", path.display())),
-            None => Ok(None),
-        }
-    };
-    let inputs = read("--anchor", &args.anchor).and_then(|anchor| Ok((anchor, read("--witness-policy", &args.witness_policy)?)));
-    let (anchor, policy) = match inputs {
-        Ok(inputs) => inputs,
-        Err(message) => {
-            let _ = writeln!(err, "portcullis-verify: {message}");
-            return 2;
-        }
-    };
-    if policy.is_some() && !report::WITNESS_POLICY_SUPPORTED {
-        let _ = writeln!(
+        Command::Report(dir) => report::run(
+            &report::CliArgs {
+                keys: &args.keys,
+                anchor: args.anchor.as_deref(),
+                witness_policy: args.witness_policy.as_deref(),
+                json: args.json,
+            },
+            dir,
+            out,
             err,
-            "portcullis-verify: --witness-policy is not supported yet: this build cannot check witness cosignatures (nothing was verified)"
-        );
-        return 2;
-    }
-    if !dir.is_dir() {
-        let _ = writeln!(err, "portcullis-verify: {} is not a directory", dir.display());
-        return 2;
-    }
-    let options = report::ReportOptions {
-        keys: KeySet::new(args.keys.clone()),
-        anchor,
-        witness_policy: policy.map(|p| String::from_utf8_lossy(&p).into_owned()),
-    };
-    match report::verify_report(dir, &options) {
-        Ok(summary) => {
-            if args.json {
-                let body = serde_json::json!({
-                    "ok": true,
-                    "origin": summary.origin,
-                    "from": summary.from,
-                    "to": summary.to,
-                    "entries": {"first_seq": summary.first_seq, "end_seq": summary.end_seq},
-                    "period_closed": summary.period_closed,
-                    "checkpoint": {"size": summary.checkpoint_size, "root": summary.checkpoint_root},
-                    "anchor_size": summary.anchor_size,
-                    "files": summary.files,
-                    "manifest_sha256": summary.manifest_sha256,
-                    "populations": summary.populations.iter().map(|(n, rows)| serde_json::json!({"name": n, "rows": rows})).collect::<Vec<_>>(),
-                    "controls": summary.controls.iter().map(|(id, n)| serde_json::json!({"id": id, "exceptions": n})).collect::<Vec<_>>(),
-                });
-                let _ = writeln!(out, "{body}");
-            } else {
-                let _ = writeln!(out, "OK: report bundle {} verified", dir.display());
-                let _ = writeln!(out, "  log:        {}", summary.origin);
-                let _ = writeln!(out, "  period:     {} .. {}", summary.from, summary.to);
-                let closed = if summary.period_closed { "" } else { " (the ledger ends inside the period)" };
-                let _ = writeln!(
-                    out,
-                    "  entries:    {}..{} with their boundaries{closed}",
-                    summary.first_seq, summary.end_seq
-                );
-                let _ = writeln!(
-                    out,
-                    "  checkpoint: size {} root {}",
-                    summary.checkpoint_size, summary.checkpoint_root
-                );
-                if let Some(anchor) = summary.anchor_size {
-                    let _ = writeln!(out, "  anchor:     consistent with the pinned checkpoint of size {anchor}");
-                }
-                for (name, rows) in &summary.populations {
-                    let _ = writeln!(out, "  population: {name} ({rows} rows) recomputed");
-                }
-                for (id, exceptions) in &summary.controls {
-                    let _ = writeln!(out, "  control:    {id}: {exceptions} exception(s)");
-                }
-                let _ = writeln!(out, "  manifest:   sha256 {} ({} files)", summary.manifest_sha256, summary.files);
-            }
-            0
-        }
-        Err(failure) => {
-            if args.json {
-                let body = serde_json::json!({
-                    "ok": false,
-                    "check": failure.code,
-                    "file": failure.file,
-                    "seq": failure.seq,
-                    "reason": failure.reason,
-                    "differences": failure.differences.iter().map(|d| serde_json::json!({
-                        "file": d.file, "row": d.row, "seq": d.seq, "expected": d.expected, "found": d.found,
-                    })).collect::<Vec<_>>(),
-                });
-                let _ = writeln!(out, "{body}");
-            } else {
-                let _ = writeln!(out, "FAILED [{}]: {failure}", failure.code);
-                for d in &failure.differences {
-                    let seq = d.seq.map(|s| format!(" (entry {s})")).unwrap_or_default();
-                    let _ = writeln!(out, "  {} row {}{seq}:", d.file, d.row);
-                    let _ = writeln!(out, "    expected: {}", d.expected.as_deref().unwrap_or("(nothing)"));
-                    let _ = writeln!(out, "    found:    {}", d.found.as_deref().unwrap_or("(nothing)"));
-                }
-            }
-            1
-        }
+        ),
     }
 }
 
@@ -367,7 +268,9 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
         progress: if show_progress { Some(&progress) } else { None },
     };
     let result = verify_export(dir, &options).and_then(|summary| match &witness_policy {
-        Some(policy) => check_witnesses(policy, &dir.join(portcullis_format::export::CHECKPOINT_FILE)).map(|()| summary),
+        Some(policy) => {
+            check_witnesses(policy, &dir.join(portcullis_format::export::CHECKPOINT_FILE)).map(|()| summary)
+        }
         None => Ok(summary),
     });
     let elapsed = started.elapsed();
@@ -447,7 +350,9 @@ fn run_export(args: &Args, dir: &std::path::Path, out: &mut dyn Write, err: &mut
 ///
 /// # Errors
 /// A message naming the file and the bad line.
-pub fn read_witness_policy(path: Option<&std::path::Path>) -> Result<Option<portcullis_format::witness::Policy>, String> {
+pub fn read_witness_policy(
+    path: Option<&std::path::Path>,
+) -> Result<Option<portcullis_format::witness::Policy>, String> {
     let Some(path) = path else { return Ok(None) };
     let text = std::fs::read_to_string(path).map_err(|e| format!("--witness-policy {}: {e}", path.display()))?;
     portcullis_format::witness::Policy::parse(&text)
