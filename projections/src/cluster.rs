@@ -332,7 +332,7 @@ mod tests {
                 namespace: "shop".into(),
                 kind: "ingresses".into(),
                 name: format!("route-{}", grant % 3),
-                change: if rv % 5 == 0 { "deleted" } else { "modified" }.into(),
+                change: if rv.is_multiple_of(5) { "deleted" } else { "modified" }.into(),
                 resource_version: rv.to_string(),
                 diff: Vec::new(),
                 spec: "{}".into(),
@@ -350,7 +350,7 @@ mod tests {
                     kinds: vec!["ingresses.networking.k8s.io".into()],
                 };
                 let (found, gone) =
-                    if rv % 2 == 0 { (vec![binding], Vec::new()) } else { (Vec::new(), vec![binding.key()]) };
+                    if rv.is_multiple_of(2) { (vec![binding], Vec::new()) } else { (Vec::new(), vec![binding.key()]) };
                 Observation::StandingAccess(StandingAccess {
                     cluster: "prod".into(),
                     found,
