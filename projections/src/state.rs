@@ -471,7 +471,7 @@ mod tests {
                         review_due: None,
                         rbac: Vec::new(),
                         basis: basis(),
-                        credential: (seq % 2 == 0).then(|| "service-account".into()),
+                        credential: seq.is_multiple_of(2).then(|| "service-account".into()),
                     })
                 }),
                 4 => pick_from(&grants).map(|g| Payload::GrantEnded(GrantClosed { grant_id: g, comment: None })),
