@@ -790,3 +790,45 @@ async fn serve_with_a_cluster_in_its_config_makes_grants_real_through_the_cli() 
     assert_eq!(lease.spec.unwrap().holder_identity, None, "released on a clean stop");
     cluster.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cluster_is_reconciled_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path()).await;
+    let Some(_) = cluster.server("each_cluster_is_reconciled_on_its_own") else { return };
+    // A second cluster, down from the start: the first is reconciled regardless.
+    let other = TestApiServer::start().await;
+    let other_kubeconfig = dir.path().join("other.kubeconfig");
+    other.write_kubeconfig(&other_kubeconfig, "other");
+    other.set_down(true);
+    let service = Service::start().await;
+    let mut config = cluster.config();
+    config.clusters.push(ClusterConfig {
+        name: "e2e-other".into(),
+        kubeconfig: Some(other_kubeconfig),
+        context: Some("other".into()),
+        subject_kind: SubjectKind::Group,
+        subject_template: "team:{sub}".into(),
+        namespaces: Vec::new(),
+    });
+    let reconciler = Reconciler::start(&config, Arc::clone(&service.workflow), "replica-a".into()).await.unwrap();
+    let first_leads = || async { reconciler.status().iter().any(|(name, s)| name == "e2e" && s.leader && s.synced) };
+    eventually(Duration::from_secs(10), "the first cluster leads", first_leads).await;
+    service.grant(&cluster, "alice", &["storefront"], "1h").await;
+    eventually(Duration::from_secs(5), "applied in the first cluster", || cluster.can_patch("alice", "storefront"))
+        .await;
+    let status = reconciler.status();
+    let (_, down) = status.iter().find(|(name, _)| name == "e2e-other").unwrap();
+    assert!(!down.synced, "the unreachable cluster is reported as not synced");
+    assert_eq!(other.list("rbac.authorization.k8s.io/v1", "rolebindings", None).len(), 0);
+    // It comes back and is reconciled too (nothing of the first cluster's grant lands there).
+    other.set_down(false);
+    eventually(Duration::from_secs(10), "the second cluster syncs", || async {
+        reconciler.status().iter().any(|(name, s)| name == "e2e-other" && s.leader && s.synced)
+    })
+    .await;
+    assert_eq!(other.list("rbac.authorization.k8s.io/v1", "rolebindings", None).len(), 0);
+    reconciler.shutdown().await;
+    service.stop().await;
+    cluster.cleanup().await;
+}
