@@ -15,9 +15,6 @@
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -28,7 +25,7 @@ use std::time::Duration;
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: crate::http::Client,
 }
 
 /// A failed call, with the exit code it maps to.
@@ -93,13 +90,10 @@ impl Client {
             .unwrap_or_else(|| "http://127.0.0.1:8480".into());
         let token = token.or_else(|| std::env::var("PORTCULLIS_TOKEN").ok()).or(file.token);
         let base = server.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            return Err(ClientError::Usage(format!(
-                "server {server:?} must be an http:// URL (TLS is not built in yet)"
-            )));
+        if !crate::http::valid_url(&base) {
+            return Err(ClientError::Usage(format!("server {server:?} must be an http:// or https:// URL")));
         }
-        base.parse::<hyper::Uri>().map_err(|e| ClientError::Usage(format!("server {server:?}: {e}")))?;
-        Ok(Client { base, token, http: HyperClient::builder(TokioExecutor::new()).build_http() })
+        Ok(Client { base, token, http: crate::http::client() })
     }
 
     /// Calls the API; returns the JSON body of a 2xx answer.
@@ -121,9 +115,9 @@ impl Client {
         let response = tokio::time::timeout(Duration::from_secs(30), self.http.request(request))
             .await
             .map_err(|_| network("no answer within 30 s".into()))?
-            .map_err(|e| network(e.to_string()))?;
+            .map_err(|e| network(crate::http::error_chain(&e)))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| network(e.to_string()))?.to_bytes();
+        let bytes = response.into_body().collect().await.map_err(|e| network(crate::http::error_chain(&e)))?.to_bytes();
         let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(json);
@@ -148,11 +142,11 @@ impl Client {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request.body(Full::new(Bytes::new())).map_err(|e| ClientError::Usage(e.to_string()))?;
-        let response = self.http.request(request).await.map_err(|e| network(e.to_string()))?;
+        let response = self.http.request(request).await.map_err(|e| network(crate::http::error_chain(&e)))?;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {
-            let bytes = body.collect().await.map_err(|e| network(e.to_string()))?.to_bytes();
+            let bytes = body.collect().await.map_err(|e| network(crate::http::error_chain(&e)))?.to_bytes();
             let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let detail = json["detail"].as_str().unwrap_or("").to_string();
             return Err(ClientError::Refused { status, detail });
@@ -160,7 +154,7 @@ impl Client {
         // Server-Sent Events: blocks of `field: value` lines separated by a blank line.
         let mut pending = String::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| network(e.to_string()))?;
+            let frame = frame.map_err(|e| network(crate::http::error_chain(&e)))?;
             let Ok(data) = frame.into_data() else { continue };
             pending.push_str(&String::from_utf8_lossy(&data));
             while let Some(end) = pending.find("\n\n") {

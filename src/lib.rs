@@ -8,6 +8,7 @@
 //! - [`ledger`]: the sequencer, the only writer: sequence, chain, sign, group commit.
 //! - [`api`]: the HTTP interface (axum).
 //! - [`export`]: tlog-tiles exports.
+//! - [`report`]: SOC 2 evidence bundles.
 //! - [`serve`]: the service's start and shutdown.
 //! - [`config`], [`keyfile`]: the config file and key files.
 
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod export;
+pub mod http;
 pub mod keyfile;
 pub mod ledger;
 pub mod migrate;
@@ -24,6 +26,7 @@ pub mod notify;
 pub mod oidc;
 pub mod policy;
 pub mod reconciler;
+pub mod report;
 pub mod serve;
 pub mod store;
 pub mod witness;

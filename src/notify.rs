@@ -16,9 +16,6 @@ use crate::ledger::Ledger;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use portcullis_format::event::ParsedEntry;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -75,8 +72,8 @@ impl Webhook {
     /// # Errors
     /// A sentence naming the bad setting.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.url.starts_with("http://") || self.url.parse::<hyper::Uri>().is_err() {
-            return Err(format!("webhook url {:?} must be an http:// URL (TLS is not built in yet)", self.url));
+        if !crate::http::valid_url(&self.url) {
+            return Err(format!("webhook url {:?} must be an http:// or https:// URL", self.url));
         }
         if self.secret.len() < 16 {
             return Err(format!("webhook {}: the secret must be at least 16 characters", self.url));
@@ -124,7 +121,7 @@ fn payload(format: Format, seq: u64, event: &Value) -> Value {
 
 /// Follows the ledger and delivers events to the webhooks. Runs until the ledger closes.
 pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
-    let client: HyperClient<HttpConnector, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let client = crate::http::client();
     let webhooks = Arc::new(webhooks);
     let mut next: u64 = std::fs::read_to_string(&cursor_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let mut head = ledger.watch_head();
@@ -160,7 +157,7 @@ pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
 /// restart a grant already inside its warning window is warned again (at least
 /// once). Runs until the ledger closes.
 pub async fn run_warnings(workflow: Arc<crate::workflow::Workflow>, webhooks: Vec<Webhook>, lead: Duration) {
-    let client: HyperClient<HttpConnector, Full<Bytes>> = HyperClient::builder(TokioExecutor::new()).build_http();
+    let client = crate::http::client();
     let mut warned: std::collections::HashSet<(portcullis_format::event::EventId, i64)> = Default::default();
     let mut head = workflow.ledger().watch_head();
     let lead_micros = lead.as_micros() as i64;
@@ -207,14 +204,7 @@ pub async fn run_warnings(workflow: Arc<crate::workflow::Workflow>, webhooks: Ve
 /// a minute between attempts. Deliveries are in ledger order, so a webhook
 /// that stays down holds back the ones after it (none is skipped or lost);
 /// shutting the service down stops the retries, and the cursor resumes them.
-async fn deliver(
-    client: &HyperClient<HttpConnector, Full<Bytes>>,
-    webhook: &Webhook,
-    seq: u64,
-    id: &str,
-    kind: &str,
-    event: &Value,
-) {
+async fn deliver(client: &crate::http::Client, webhook: &Webhook, seq: u64, id: &str, kind: &str, event: &Value) {
     let body = payload(webhook.format, seq, event).to_string();
     let signature = signature(&webhook.secret, body.as_bytes());
     let mut wait = Duration::from_secs(1);
@@ -266,7 +256,9 @@ mod tests {
             events: vec![],
         };
         assert!(hook("http://127.0.0.1:9/x", "0123456789abcdef").validate().is_ok());
-        assert!(hook("https://example.com/x", "0123456789abcdef").validate().is_err());
+        assert!(hook("https://example.com/x", "0123456789abcdef").validate().is_ok());
+        assert!(hook("ftp://example.com/x", "0123456789abcdef").validate().is_err());
+        assert!(hook("http:///x", "0123456789abcdef").validate().is_err());
         assert!(hook("http://127.0.0.1:9/x", "short").validate().is_err());
     }
 }

@@ -21,9 +21,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use portcullis_format::checkpoint::SignedCheckpoint;
 use portcullis_format::merkle::{self, Hash};
 use portcullis_format::note::{self, Note, SignerKey, VerifierKey};
@@ -181,14 +178,14 @@ impl WitnessTarget {
     /// # Errors
     /// A message naming the bad field.
     pub fn validate(&self) -> Result<CosignerKey, String> {
-        if !self.url.starts_with("http://") {
-            return Err(format!("witnesses.url {:?}: only http:// URLs in this build", self.url));
+        if !crate::http::valid_url(&self.url) {
+            return Err(format!("witnesses.url {:?} must be an http:// or https:// URL", self.url));
         }
         CosignerKey::parse(&self.vkey).map_err(|e| format!("witnesses.vkey: {e}"))
     }
 }
 
-type Client = HyperClient<HttpConnector, Full<Bytes>>;
+use crate::http::Client;
 
 /// One witness as the pusher tracks it.
 struct Pushed {
@@ -201,7 +198,7 @@ struct Pushed {
 /// Pushes every new checkpoint to `targets`, appending their cosignatures to
 /// the stored note. Runs until the ledger closes.
 pub async fn run_pusher(ledger: Ledger, targets: Vec<WitnessTarget>, every: Duration) {
-    let client: Client = HyperClient::builder(TokioExecutor::new()).build_http();
+    let client = crate::http::client();
     let mut witnesses: Vec<Pushed> = targets
         .into_iter()
         .filter_map(|target| target.validate().ok().map(|key| Pushed { target, key, size: 0 }))
