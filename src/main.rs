@@ -68,6 +68,26 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum ReportCommand {
+    /// SOC 2 evidence (CC6.1, CC6.2, CC6.3, CC7.2, CC8.1): populations, controls, HTML, JSON, entries, proofs, signed manifest.
+    Soc2 {
+        /// The start of the period, inclusive: YYYY-MM-DD (UTC) or an RFC 3339 date-time.
+        #[arg(long)]
+        from: String,
+        /// The end of the period, exclusive: YYYY-MM-DD (UTC) or an RFC 3339 date-time.
+        #[arg(long)]
+        to: String,
+        /// A checkpoint the auditor pinned earlier: the bundle proves the ledger extends it.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+        /// The bundle directory to write (must be absent or empty).
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the service on the embedded SQLite store (keys are generated on first start).
     Serve {
@@ -297,6 +317,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write an evidence report bundle for a period (service stopped); see `portcullis-verify report`.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Verify an export or a proof file offline (same as portcullis-verify).
     #[command(disable_help_flag = true)]
     Verify {
@@ -427,6 +452,57 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     summary.not_checkpointed
                 );
             }
+        }
+        Command::Report { command: ReportCommand::Soc2 { from, to, anchor, out, common } } => {
+            let config = serve_config(&common, config::FileConfig::default())?;
+            let args = portcullis::report::ReportArgs {
+                from: portcullis_projections::report::date::parse(&from).context("--from")?,
+                to: portcullis_projections::report::date::parse(&to).context("--to")?,
+                revoke_sla_ms: portcullis::report::revoke_sla_ms(&config),
+                anchor: match &anchor {
+                    Some(path) => {
+                        Some(std::fs::read_to_string(path).with_context(|| format!("--anchor {}", path.display()))?)
+                    }
+                    None => None,
+                },
+            };
+            if args.from >= args.to {
+                anyhow::bail!("--from {} must be before --to {}", args.from, args.to);
+            }
+            let signer = keyfile::load(&config.key_path())?;
+            let (ledger, thread) = open_offline(&config)?;
+            let store = std::sync::Arc::clone(ledger.store());
+            let task_args = args.clone();
+            let task_out = out.clone();
+            let generated = tokio::task::spawn_blocking(move || {
+                portcullis::report::generate(store.as_ref(), &signer, &task_args, &task_out)
+            })
+            .await
+            .context("the report task");
+            let result = match generated {
+                Ok(Ok(generated)) => {
+                    let actor = local_actor();
+                    let id = portcullis_format::event::EventId::random().context("no system randomness")?;
+                    let draft =
+                        portcullis::report::generated_event(&generated, &args, &out.display().to_string(), id, &actor);
+                    ledger.append(draft).await.map(|receipt| (generated, receipt.seq)).map_err(anyhow::Error::from)
+                }
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e),
+            };
+            close(ledger, thread).await?;
+            let (generated, seq) = result?;
+            println!(
+                "wrote {}: entries {}..{} against the checkpoint of size {}{}, {} exception(s); manifest sha256 {}",
+                generated.dir.display(),
+                generated.first_seq,
+                generated.end_seq,
+                generated.checkpoint_size,
+                if generated.period_closed { "" } else { " (the ledger ends inside the period)" },
+                generated.exceptions,
+                generated.manifest_sha256
+            );
+            eprintln!("recorded as report.generated at entry {seq}");
         }
         Command::Checkpoint { common } => {
             let config = serve_config(&common, config::FileConfig::default())?;
@@ -700,13 +776,16 @@ async fn rotate(config: &ServeConfig, ledger: &portcullis::ledger::Ledger) -> an
         format!("writing the new key to {} (remove it if a previous rotation did not start)", next.display())
     })?;
     let vkey = new_key.verifier().to_string();
-    let user =
-        std::env::var("USER").ok().filter(|u| !u.is_empty() && u.len() < 200).unwrap_or_else(|| "unknown".into());
-    let actor =
-        portcullis_format::event::Actor { sub: format!("local:{user}"), groups: Vec::new(), via: "local".into() };
-    let receipt = ledger.rotate_key(new_key, actor).await?;
+    let receipt = ledger.rotate_key(new_key, local_actor()).await?;
     eprintln!("key rotated at entry {}; the new key signs from entry {}", receipt.seq, receipt.seq + 1);
     Ok(vkey)
+}
+
+/// The actor of commands run on the server itself: the local user.
+fn local_actor() -> portcullis_format::event::Actor {
+    let user =
+        std::env::var("USER").ok().filter(|u| !u.is_empty() && u.len() < 200).unwrap_or_else(|| "unknown".into());
+    portcullis_format::event::Actor { sub: format!("local:{user}"), groups: Vec::new(), via: "local".into() }
 }
 
 /// The error and its causes, skipping a cause whose text the message already includes.

@@ -298,6 +298,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let mut state = AppState::new(ledger.clone(), workflow, tokens);
     state.oidc = oidc;
     state.reconciler = reconciler.clone();
+    state.reports = Some(crate::report::ReportSettings::new(&config));
     let state = Arc::new(state);
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");

@@ -11,6 +11,7 @@ pub mod idempotency;
 mod ledger;
 pub mod limit;
 pub mod openapi;
+mod reports;
 mod workflow;
 
 use crate::auth::Tokens;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub idempotency: idempotency::IdempotencyCache,
     /// The cluster reconciler, when clusters are configured.
     pub reconciler: Option<Arc<crate::reconciler::Reconciler>>,
+    /// Where `POST /v1/reports` writes bundles and the key it signs them with; `None`: not offered.
+    pub reports: Option<crate::report::ReportSettings>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
             limiter: limit::RateLimiter::default(),
             idempotency: idempotency::IdempotencyCache::default(),
             reconciler: None,
+            reports: None,
         }
     }
 
@@ -65,6 +69,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(workflow::router())
         .merge(events::router())
         .merge(clusters::router())
+        .merge(reports::router())
         .route("/v1/openapi.json", axum::routing::get(|| async { axum::Json(openapi::document()) }))
         .fallback(|| async { ApiError::NoRoute })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), idempotency::layer))

@@ -168,6 +168,11 @@ pub const OPERATIONS: &[Operation] = &[
         ..op("post", "/v1/policy/{hash}/approve", "approvePolicy", "Put a proposed policy in force (a second admin)")
     },
     Operation {
+        body: Some("NewReport"),
+        success: (201, "ReportBundle"),
+        ..op("post", "/v1/reports", "createReport", "Write a SOC 2 evidence bundle under the data directory (admins)")
+    },
+    Operation {
         success: (200, "Credential"),
         ..op(
             "post",
@@ -312,6 +317,8 @@ fn schemas() -> Value {
         "Reason": object(json!({"reason": {"type": "string", "maxLength": 1000, "pattern": TEXT}}), &["reason"]),
         "Review": object(json!({"comment": {"type": "string", "maxLength": 1000, "pattern": TEXT}}), &["comment"]),
         "Extend": object(json!({"duration": string(), "reason": {"type": "string", "maxLength": 1000, "pattern": TEXT}}), &["duration", "reason"]),
+        "NewReport": object(json!({"report": {"enum": ["soc2"]}, "from": string(), "to": string(), "anchor": nullable_string()}), &["from", "to"]),
+        "ReportBundle": open_object(json!({"path": string(), "manifest_sha256": string(), "entries": open_object(json!({"first_seq": {"type": "integer"}, "end_seq": {"type": "integer"}})), "checkpoint_size": {"type": "integer"}, "period_closed": {"type": "boolean"}, "exceptions": {"type": "integer"}, "event_seq": {"type": "integer"}})),
         "PolicyText": object(json!({"text": string()}), &["text"]),
         "PolicyStatus": open_object(json!({"hash": string(), "status": string()})),
         "Policy": open_object(json!({"active": {"type": ["object", "null"]}, "proposals": {"type": "array", "items": {"type": "object"}}})),

@@ -215,6 +215,7 @@ pub async fn bench(dir: &Path, events: u64, grants: u64, out: &mut String) -> an
         limiter: portcullis::api::limit::RateLimiter::new(1e9, 1e9),
         idempotency: Default::default(),
         reconciler: None,
+        reports: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
