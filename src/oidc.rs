@@ -1,4 +1,7 @@
-//! OIDC bearer tokens: JWTs (compact JWS) checked against a JWKS file.
+//! OIDC bearer tokens: JWTs (compact JWS) checked against a JWKS, read from
+//! a file or fetched from the provider's URL (and fetched again every
+//! `jwks_refresh_secs`, and soon after a token names a key id not yet known,
+//! so the provider's key rotations need no restart).
 //!
 //! A token is accepted only if: its header's `alg` is on the allow-list (never
 //! `none`) and matches its key; its `kid` names a key of the JWKS (or the JWKS
@@ -11,7 +14,8 @@
 //! [oidc]
 //! issuer = "https://dex.example.com"
 //! audience = "portcullis"
-//! jwks_file = "jwks.json"           # the provider's keys (refresh the file to rotate)
+//! jwks_url = "https://dex.example.com/keys"  # the provider's keys; or jwks_file = "jwks.json"
+//! jwks_refresh_secs = 600           # default; how often jwks_url is fetched again
 //! groups_claim = "groups"           # default
 //! algorithms = ["RS256", "ES256", "EdDSA"]   # default
 //! leeway_secs = 60                  # default
@@ -23,13 +27,21 @@ use portcullis_format::event::Actor;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     pub issuer: String,
     pub audience: String,
-    pub jwks_file: PathBuf,
+    /// The provider's keys as a file (read at start)...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ...or as a URL (fetched at start and refreshed).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_secs: u64,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
     #[serde(default = "default_algorithms")]
@@ -50,6 +62,15 @@ fn default_leeway() -> u64 {
     60
 }
 
+fn default_refresh() -> u64 {
+    600
+}
+
+/// The shortest time between two fetches of the JWKS URL.
+const MIN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+/// The largest JWKS document accepted.
+const MAX_JWKS: usize = 1024 * 1024;
+
 #[derive(Clone, Debug)]
 enum Key {
     Rsa(rsa::RsaPublicKey),
@@ -67,11 +88,56 @@ impl Key {
     }
 }
 
-/// The checker: configuration plus the parsed JWKS.
+type Keys = Vec<(Option<String>, Key)>;
+
+/// The checker: configuration plus the parsed JWKS (shared by clones, replaced on refresh).
 #[derive(Clone, Debug)]
 pub struct Oidc {
     config: OidcConfig,
-    keys: Vec<(Option<String>, Key)>,
+    keys: Arc<RwLock<Arc<Keys>>>,
+    /// Woken when a token names an unknown key id: the refresher fetches the JWKS again.
+    unknown_kid: Arc<tokio::sync::Notify>,
+}
+
+/// Parses a JWKS document; `source` names it in errors.
+fn parse_jwks(text: &str, source: &str) -> Result<Keys, String> {
+    let jwks: Value = serde_json::from_str(text).map_err(|e| format!("{source}: {e}"))?;
+    let entries = jwks["keys"].as_array().ok_or_else(|| format!("{source}: no \"keys\" array"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in entries.iter().enumerate() {
+        // Encryption keys and keys of other algorithms are not for us; skip them.
+        if jwk["use"].as_str().is_some_and(|u| u != "sig") {
+            continue;
+        }
+        let key = parse_key(jwk).map_err(|e| format!("{source} key {i}: {e}"))?;
+        keys.push((jwk["kid"].as_str().map(str::to_string), key));
+    }
+    if keys.is_empty() {
+        return Err(format!("{source}: no signing keys"));
+    }
+    Ok(keys)
+}
+
+/// Fetches and parses the JWKS at `url`.
+async fn fetch_jwks(url: &str) -> Result<Keys, String> {
+    use http_body_util::BodyExt as _;
+    let request = hyper::Request::get(url)
+        .header("accept", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), crate::http::client().request(request))
+        .await
+        .map_err(|_| format!("{url}: no answer within 10 s"))?
+        .map_err(|e| format!("{url}: {}", crate::http::error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: answered {}", response.status()));
+    }
+    let body = http_body_util::Limited::new(response.into_body(), MAX_JWKS)
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e} (the limit is {MAX_JWKS} bytes)"))?
+        .to_bytes();
+    parse_jwks(&String::from_utf8_lossy(&body), url)
 }
 
 fn b64(field: &str, value: &Value) -> Result<Vec<u8>, String> {
@@ -114,30 +180,74 @@ impl Oidc {
     /// # Errors
     /// A sentence naming the file or the setting.
     pub fn load(config: OidcConfig) -> Result<Oidc, String> {
+        Oidc::load_checks(&config)?;
+        let keys = match (&config.jwks_file, &config.jwks_url) {
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                parse_jwks(&text, &path.display().to_string())?
+            }
+            (None, Some(_)) => return Err("oidc.jwks_url is fetched: use Oidc::open".into()),
+            _ => return Err("oidc: give exactly one of jwks_file and jwks_url".into()),
+        };
+        Ok(Oidc::with_keys(config, keys))
+    }
+
+    fn load_checks(config: &OidcConfig) -> Result<(), String> {
         if let Some(bad) = config.algorithms.iter().find(|a| !["RS256", "ES256", "EdDSA"].contains(&a.as_str())) {
             return Err(format!("oidc.algorithms: {bad:?} is not one of RS256, ES256, EdDSA"));
         }
         if config.issuer.is_empty() || config.audience.is_empty() {
             return Err("oidc: issuer and audience are required".into());
         }
-        let text =
-            std::fs::read_to_string(&config.jwks_file).map_err(|e| format!("{}: {e}", config.jwks_file.display()))?;
-        let jwks: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config.jwks_file.display()))?;
-        let entries =
-            jwks["keys"].as_array().ok_or_else(|| format!("{}: no \"keys\" array", config.jwks_file.display()))?;
-        let mut keys = Vec::new();
-        for (i, jwk) in entries.iter().enumerate() {
-            // Encryption keys and keys of other algorithms are not for us; skip them.
-            if jwk["use"].as_str().is_some_and(|u| u != "sig") {
-                continue;
+        Ok(())
+    }
+
+    fn with_keys(config: OidcConfig, keys: Keys) -> Oidc {
+        Oidc { config, keys: Arc::new(RwLock::new(Arc::new(keys))), unknown_kid: Arc::new(tokio::sync::Notify::new()) }
+    }
+
+    /// Loads the keys from `jwks_file`, or fetches them from `jwks_url`.
+    ///
+    /// # Errors
+    /// As [`Oidc::load`]; for a URL, when it cannot be fetched or parsed.
+    pub async fn open(config: OidcConfig) -> Result<Oidc, String> {
+        let Some(url) = config.jwks_url.clone() else { return Oidc::load(config) };
+        if config.jwks_file.is_some() {
+            return Err("oidc: give exactly one of jwks_file and jwks_url".into());
+        }
+        if !crate::http::valid_url(&url) {
+            return Err(format!("oidc.jwks_url {url:?} must be an http:// or https:// URL"));
+        }
+        if !(30..=86_400).contains(&config.jwks_refresh_secs) {
+            return Err(format!("oidc.jwks_refresh_secs must be 30 to 86400, not {}", config.jwks_refresh_secs));
+        }
+        Oidc::load_checks(&config)?;
+        let keys = fetch_jwks(&url).await?;
+        Ok(Oidc::with_keys(config, keys))
+    }
+
+    /// Fetches `jwks_url` again every `jwks_refresh_secs`, and (at most every
+    /// 30 s) when a token names an unknown key id. A failed fetch keeps the
+    /// keys in hand. Returns at once for a `jwks_file`.
+    pub async fn run_refresher(self) {
+        let Some(url) = self.config.jwks_url.clone() else { return };
+        let every = std::time::Duration::from_secs(self.config.jwks_refresh_secs);
+        // The first fetch for an unknown key id may come at once; later ones are spaced.
+        let now = tokio::time::Instant::now();
+        let mut last = now.checked_sub(MIN_REFRESH).unwrap_or(now);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.unknown_kid.notified() => {
+                    tokio::time::sleep_until(last + MIN_REFRESH.min(every)).await;
+                }
             }
-            let key = parse_key(jwk).map_err(|e| format!("{} key {i}: {e}", config.jwks_file.display()))?;
-            keys.push((jwk["kid"].as_str().map(str::to_string), key));
+            last = tokio::time::Instant::now();
+            match fetch_jwks(&url).await {
+                Ok(keys) => *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys),
+                Err(e) => tracing::warn!("oidc: refreshing the keys failed, keeping the current ones: {e}"),
+            }
         }
-        if keys.is_empty() {
-            return Err(format!("{}: no signing keys", config.jwks_file.display()));
-        }
-        Ok(Oidc { config, keys })
     }
 
     /// Checks a JWT at `now` (Unix seconds) and returns the actor it authenticates.
@@ -157,12 +267,17 @@ impl Oidc {
         if !self.config.algorithms.iter().any(|a| a == alg) {
             return Err(format!("algorithm {alg:?} is not allowed"));
         }
+        let keys = Arc::clone(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner));
         let key = match header["kid"].as_str() {
-            Some(kid) => self.keys.iter().find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, key)| key),
-            None if self.keys.len() == 1 => Some(&self.keys[0].1),
+            Some(kid) => keys.iter().find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, key)| key),
+            None if keys.len() == 1 => Some(&keys[0].1),
             None => None,
-        }
-        .ok_or("no key of the issuer matches the token's kid")?;
+        };
+        let Some(key) = key else {
+            // Perhaps the provider rotated its keys: fetch them again soon.
+            self.unknown_kid.notify_one();
+            return Err("no key of the issuer matches the token's kid".into());
+        };
         if key.algorithm() != alg {
             return Err(format!("the key is for {}, the token says {alg}", key.algorithm()));
         }

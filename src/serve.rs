@@ -156,7 +156,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let tokens = Tokens::load(&config.tokens_path())?;
     let oidc = match &config.oidc {
-        Some(settings) => Some(crate::oidc::Oidc::load(settings.clone()).map_err(|e| anyhow::anyhow!("oidc: {e}"))?),
+        Some(settings) => {
+            Some(crate::oidc::Oidc::open(settings.clone()).await.map_err(|e| anyhow::anyhow!("oidc: {e}"))?)
+        }
         None => None,
     };
     let (ledger, thread, generated) = open_ledger(&config)?;
@@ -238,7 +240,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                     "  oidc:         issuer {} audience {} (keys from {})",
                     oidc.issuer,
                     oidc.audience,
-                    oidc.jwks_file.display()
+                    match (&oidc.jwks_url, &oidc.jwks_file) {
+                        (Some(url), _) => format!("{url}, fetched every {} s", oidc.jwks_refresh_secs),
+                        (None, Some(file)) => file.display().to_string(),
+                        (None, None) => String::new(),
+                    }
                 );
             }
             None => {
@@ -295,6 +301,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         (Some(_), None) => anyhow::bail!("[reconciler] clusters are configured but no policy is: grants need a policy"),
         (None, _) => None,
     };
+    let refresher = oidc.clone().map(|oidc| tokio::spawn(oidc.run_refresher()));
     let mut state = AppState::new(ledger.clone(), workflow, tokens);
     state.oidc = oidc;
     state.reconciler = reconciler.clone();
@@ -302,7 +309,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = Arc::new(state);
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("shutting down: committing queued events and signing a final checkpoint");
-    for task in [scheduler, notifier, warnings, pusher].into_iter().flatten() {
+    for task in [scheduler, notifier, warnings, pusher, refresher].into_iter().flatten() {
         task.abort();
     }
     // The reconciler hands its leases over and records what it still holds before the ledger closes.

@@ -75,7 +75,9 @@ fn checker(dir: &std::path::Path, keys: &Keys) -> Oidc {
     let config = OidcConfig {
         issuer: ISSUER.into(),
         audience: AUDIENCE.into(),
-        jwks_file: path,
+        jwks_file: Some(path),
+        jwks_url: None,
+        jwks_refresh_secs: 600,
         groups_claim: "groups".into(),
         algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
         leeway_secs: 60,
@@ -200,4 +202,63 @@ async fn the_router_takes_oidc_tokens_and_refuses_bad_ones_on_every_workflow_rou
         }
     }
     close(ledger, thread).await;
+}
+
+/// Serves `document` (replaceable) as JSON at `/keys` on 127.0.0.1; the URL.
+async fn jwks_server(document: Arc<std::sync::Mutex<String>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/keys", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/keys",
+        axum::routing::get(move || {
+            let document = Arc::clone(&document);
+            async move { document.lock().unwrap().clone() }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_fetched_and_a_rotated_key_is_picked_up() {
+    let keys = keys();
+    let only_rsa = json!({"keys": [jwks(&keys)["keys"][0].clone()]});
+    let document = Arc::new(std::sync::Mutex::new(only_rsa.to_string()));
+    let url = jwks_server(Arc::clone(&document)).await;
+    let config = |url: &str| OidcConfig {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_file: None,
+        jwks_url: Some(url.to_string()),
+        jwks_refresh_secs: 600,
+        groups_claim: "groups".into(),
+        algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+        leeway_secs: 60,
+    };
+    let oidc = Oidc::open(config(&url)).await.unwrap();
+    let refresher = tokio::spawn(oidc.clone().run_refresher());
+    oidc.authenticate(&jwt(&keys, "RS256", "rsa", &claims()), NOW).unwrap();
+    // The provider rotates in a new key: the first token naming it fails and
+    // triggers a fetch (later ones at most every 30 s).
+    *document.lock().unwrap() = jwks(&keys).to_string();
+    let token = jwt(&keys, "EdDSA", "ed", &claims());
+    assert!(oidc.authenticate(&token, NOW).is_err(), "not known yet");
+    let start = std::time::Instant::now();
+    while oidc.authenticate(&token, NOW).is_err() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "the rotated key was never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    refresher.abort();
+
+    // Bad URLs and bad documents are refused at start with the reason.
+    let missing = format!("{}-missing", url);
+    assert!(Oidc::open(config(&missing)).await.unwrap_err().contains("404"));
+    assert!(Oidc::open(config("ftp://idp.example.com/keys")).await.unwrap_err().contains("http"));
+    *document.lock().unwrap() = "{\"keys\": 5}".into();
+    assert!(Oidc::open(config(&url)).await.unwrap_err().contains("keys"));
+    let mut both = config(&url);
+    both.jwks_file = Some("jwks.json".into());
+    assert!(Oidc::open(both).await.unwrap_err().contains("exactly one"));
 }
