@@ -50,6 +50,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
+    /// A name break-glass rules can address in their `notify` list.
+    #[serde(default)]
+    pub name: Option<String>,
     pub url: String,
     pub secret: String,
     #[serde(default)]
@@ -135,7 +138,11 @@ pub async fn run(ledger: Ledger, webhooks: Vec<Webhook>, cursor_file: PathBuf) {
                 if let Ok(parsed) = ParsedEntry::parse(&entry) {
                     let kind = parsed.event.draft.kind.clone();
                     let event: Value = serde_json::from_slice(parsed.json_line(&entry)).unwrap_or(Value::Null);
-                    for webhook in webhooks.iter().filter(|w| w.wants(&kind)) {
+                    let notify = &event["data"]["notify"];
+                    let named = |w: &Webhook| {
+                        w.name.as_ref().is_some_and(|n| notify.as_array().is_some_and(|l| l.iter().any(|x| x == n)))
+                    };
+                    for webhook in webhooks.iter().filter(|w| w.wants(&kind) || named(w)) {
                         deliver(&client, webhook, next, &parsed.event.draft.id.to_string(), &kind, &event).await;
                     }
                 }
@@ -250,6 +257,7 @@ mod tests {
     #[test]
     fn short_secrets_and_other_schemes_are_refused() {
         let hook = |url: &str, secret: &str| Webhook {
+            name: None,
             url: url.into(),
             secret: secret.into(),
             format: Format::Generic,

@@ -113,6 +113,10 @@ pub struct GrantActivated {
     /// token instead of binding the requester's identity; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// For break-glass grants: who the rule says must hear of it (webhooks
+    /// whose `name` is listed get the event, whatever their `events`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

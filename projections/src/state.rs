@@ -472,6 +472,7 @@ mod tests {
                         rbac: Vec::new(),
                         basis: basis(),
                         credential: seq.is_multiple_of(2).then(|| "service-account".into()),
+                        notify: Vec::new(),
                     })
                 }),
                 4 => pick_from(&grants).map(|g| Payload::GrantEnded(GrantClosed { grant_id: g, comment: None })),

@@ -233,6 +233,11 @@ pub fn decide(
                         review_due,
                         basis(rule, policy),
                         rule.credential().recorded(),
+                        if break_glass {
+                            rule.break_glass().map(|b| b.notify.clone()).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                     )),
                 ));
             }
@@ -264,6 +269,7 @@ pub fn decide(
                     None,
                     basis(rule, policy),
                     rule.credential().recorded(),
+                    Vec::new(),
                 );
                 events.push(draft(1, Payload::GrantActivated(activated)));
             }
@@ -595,6 +601,7 @@ fn activation(
     review_due: Option<Timestamp>,
     basis: Basis,
     credential: Option<String>,
+    notify: Vec<String>,
 ) -> GrantActivated {
     GrantActivated {
         request_id: request_id.to_string(),
@@ -608,5 +615,6 @@ fn activation(
         rbac: effective_rules(target),
         basis,
         credential,
+        notify,
     }
 }

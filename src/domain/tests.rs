@@ -167,6 +167,9 @@ fn break_glass_is_self_granted_flagged_and_needs_a_later_review_by_someone_else(
     let grant = &w.state.grants[&grant_id];
     assert!(grant.break_glass);
     assert_eq!(grant.review_due, Some(at(24 * 60)));
+    // Who must hear of it is recorded in the grant event, for the notifier and the auditor.
+    let data = drafts[1].data.to_serde();
+    assert_eq!(data["notify"], serde_json::json!(["security", "#incidents"]));
     let own = w.when(oncall, 40, Command::ReviewBreakGlass { grant: grant_id, comment: "fine".into() });
     assert!(matches!(own, Err(Rejection::Forbidden(_))), "{own:?}");
     w.when(admin(), 40, Command::ReviewBreakGlass { grant: grant_id, comment: "justified by INC-1".into() }).unwrap();

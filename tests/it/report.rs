@@ -100,6 +100,7 @@ impl Builder {
                 rbac: portcullis_projections::rbac::effective_rules(&target("storefront").to_target().unwrap()),
                 basis: basis(),
                 credential: None,
+                notify: Vec::new(),
             }),
         )
         .await

@@ -442,6 +442,7 @@ async fn webhooks_deliver_signed_events_and_resume_from_their_cursor() {
     let s = service(dir.path(), ledger.clone()).await;
     let secret = "a-secret-of-at-least-16-characters";
     let webhook = portcullis::notify::Webhook {
+        name: None,
         url: format!("http://{address}/hook"),
         secret: secret.into(),
         format: portcullis::notify::Format::Generic,
@@ -605,6 +606,7 @@ async fn webhooks_are_warned_before_a_grant_expires() {
     s.call(Some("lead1"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
     s.call(Some("lead2"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
     let webhook = portcullis::notify::Webhook {
+        name: None,
         url: format!("http://{address}/hook"),
         secret: "a-secret-of-at-least-16-characters".into(),
         format: portcullis::notify::Format::Slack,
@@ -642,6 +644,71 @@ async fn a_retried_post_with_its_idempotency_key_gets_the_first_answer_again() {
     assert_eq!(status, StatusCode::CONFLICT, "a new key is a new command");
     let (status, _) = s.call(Some("lead2"), "POST", &path, None, Some("approve-1")).await;
     assert_eq!(status, StatusCode::OK, "keys are per credential");
+    drop(s);
+    close(ledger, thread).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_glass_grant_reaches_the_webhooks_its_rule_names_whatever_their_filters() {
+    use std::sync::Mutex;
+    let kinds: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sink = Arc::clone(&kinds);
+    let receiver = axum::Router::new().route(
+        "/{hook}",
+        axum::routing::post(
+            move |axum::extract::Path(hook): axum::extract::Path<String>, headers: axum::http::HeaderMap| {
+                let sink = Arc::clone(&sink);
+                async move {
+                    let kind = headers["x-portcullis-event"].to_str().unwrap().to_string();
+                    sink.lock().unwrap().push((hook, kind));
+                    StatusCode::NO_CONTENT
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let s = service(dir.path(), ledger.clone()).await;
+    let hook = |name: Option<&str>, path: &str| portcullis::notify::Webhook {
+        name: name.map(str::to_string),
+        url: format!("http://{address}/{path}"),
+        secret: "a-secret-of-at-least-16-characters".into(),
+        format: portcullis::notify::Format::Generic,
+        // Only request.created: the break-glass grant must still reach "security".
+        events: vec!["request.created".into()],
+    };
+    let hooks = vec![hook(Some("security"), "security"), hook(Some("finance"), "finance")];
+    let notifier = tokio::spawn(portcullis::notify::run(ledger.clone(), hooks, dir.path().join("cursor")));
+    let path = dir.path().join("tokens");
+    let oncall = portcullis::auth::create(&path, "pager@example.com", &["oncall".to_string()]).unwrap();
+    let s = Service { tokens: [("oncall", oncall)].into_iter().collect(), ..s };
+    let s = Service {
+        router: app(Arc::new(AppState::new(
+            ledger.clone(),
+            Some(Arc::clone(&s.workflow)),
+            Tokens::load(&path).unwrap(),
+        ))),
+        ..s
+    };
+    let body = json!({"cluster": "prod", "namespace": "shop-eu", "kind": "ingresses", "names": ["storefront"],
+        "access": "edit", "duration": "30m", "reason": "outage: checkout down", "break_glass": true});
+    let (status, created) = s.call(Some("oncall"), "POST", "/v1/requests", Some(body), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let start = std::time::Instant::now();
+    while kinds.lock().unwrap().len() < 3 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", kinds.lock().unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut got = kinds.lock().unwrap().clone();
+    got.sort();
+    let expected = [("finance", "request.created"), ("security", "grant.activated"), ("security", "request.created")];
+    assert_eq!(got, expected.map(|(h, k)| (h.to_string(), k.to_string())), "only the named webhook gets the grant");
+    notifier.abort();
+    server.abort();
     drop(s);
     close(ledger, thread).await;
 }

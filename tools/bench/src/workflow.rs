@@ -80,6 +80,7 @@ async fn populate(ledger: &Ledger, policy: &Policy, events: u64, grants: u64) ->
                 rbac: Vec::new(),
                 basis: basis.clone(),
                 credential: None,
+                notify: Vec::new(),
             })
         } else {
             Payload::RequestDenied(RequestDecision {
