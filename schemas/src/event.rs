@@ -35,7 +35,7 @@ pub const KIND_LEDGER_CREATED: &str = "ledger.created";
 pub const EVENT_FIELDS: [&str; 9] = ["actor", "data", "id", "kind", "log", "prev", "seq", "ts", "v"];
 
 /// Who caused an event, exactly as authentication established it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Actor {
     /// The authenticated subject (user name, service account, or `system:portcullis`).
     pub sub: String,
