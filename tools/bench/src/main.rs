@@ -10,6 +10,7 @@
 //! portcullis-bench verify --export DIR --key VKEY  runs the portcullis-verify binary
 //! portcullis-bench workflow [--events N] [--grants G]
 //! portcullis-bench reconciler [--grants G] [--outage-secs S]   against the test API server
+//! portcullis-bench report [--events N] [--grants G]    runs the portcullis and portcullis-verify binaries
 //! portcullis-bench all [--events N]                all of the above, as Markdown
 //! ```
 //!
@@ -18,6 +19,7 @@
 
 mod postgres;
 mod reconciler;
+mod report;
 mod workflow;
 
 use anyhow::{Context as _, bail};
@@ -358,6 +360,14 @@ async fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             result?;
         }
+        Some("report") => {
+            let events = arg(&args, "--events", 1_000_000u64)?;
+            let grants = arg(&args, "--grants", 100_000u64)?;
+            let dir = tempdir("report")?;
+            let result = report::bench(&dir, events, grants, &mut out).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?;
+        }
         Some("reconciler") => {
             let grants = arg(&args, "--grants", 1_000u64)?;
             let outage = arg(&args, "--outage-secs", 60u64)?;
@@ -382,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | all [--events N]"
+                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | report [--events N] [--grants G] | all [--events N]"
             );
             std::process::exit(2);
         }
