@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent verifier for Portcullis ledger exports and tlog-proof files.
+"""Independent verifier for Portcullis ledger exports, tlog-proof files and report bundles.
 
 Written from ``schemas/FORMAT.md`` alone (plus the RFCs and C2SP specifications it cites),
 without reading the Rust reference implementation. It exists to show that the specification is
@@ -12,10 +12,21 @@ Usage:
     portcullis_verify.py EXPORT_DIR --key VKEY[@FROM-[TO]] [--key ...] [--anchor FILE]
                          [--allow-partial] [--json]
     portcullis_verify.py proof FILE --key VKEY[@FROM-[TO]] [--key ...] [--json]
+    portcullis_verify.py report BUNDLE --key VKEY[@FROM-[TO]] [--key ...] [--anchor FILE]
+                         [--json]
 
 Exit status: 0 verified, 1 verification failure, 2 usage error (a malformed or weak pinned key
 included). With --json the result is ``{"ok": true, "size": N, "entries_verified": N}`` or
-``{"ok": false, "check": "<code>", "seq": N|null, "reason": "..."}``.
+``{"ok": false, "check": "<code>", "seq": N|null, "reason": "..."}`` (for a report bundle
+also ``"file"``, the bundle file the failure concerns, or null).
+
+A report bundle (FORMAT.md section 12) is checked as in section 12.5, steps 1-6 and 9: every
+entry (syntax, seq, origin, chain, timestamps, IDs, signatures by the key in force, rotations),
+the checkpoint's and the manifest's signatures, the boundaries, the range proof to the
+checkpoint's root, the anchor when given, the manifest's file list and every file's SHA-256. It
+does not recompute the populations, the JSON or the HTML (step 8; their definitions are only
+checked by name), nor check a witness policy (step 7): a changed CSV, JSON or HTML file fails
+here with `file-hash` where the reference reports `csv`, `report-json` or `report-html`.
 """
 from __future__ import annotations
 
@@ -32,9 +43,10 @@ from dataclasses import dataclass, field
 class Fail(Exception):
     """A verification failure: a code of FORMAT.md section 9.1, or a tlog-proof error."""
 
-    def __init__(self, check: str, reason: str, seq: int | None = None):
+    def __init__(self, check: str, reason: str, seq: int | None = None,
+                 file: str | None = None):
         super().__init__(reason)
-        self.check, self.reason, self.seq = check, reason, seq
+        self.check, self.reason, self.seq, self.file = check, reason, seq, file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -870,6 +882,404 @@ def verify_proof_file(data: bytes, pinned: list[Pinned]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Report bundles (section 12)
+
+MANIFEST_HEADER = "portcullis/report/v1"
+PROOF_HEADER = "portcullis/report-proof/v1"
+REQUIRED_FILES = ("manifest", "checkpoint", "entries", "proof")
+REPORT_FILES = ("checkpoint", "entries", "proof", "report.html", "report.json")
+# Section 12.4, in report order.
+POPULATIONS = ("access_requests", "approvals", "grants", "grant_endings", "removals",
+               "extensions", "break_glass", "cluster_findings", "route_changes",
+               "policy_changes", "key_rotations")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class Manifest:
+    origin: str
+    report: str
+    period: tuple[str, str]
+    revoke_sla_ms: int
+    entries: tuple[int, int]
+    checkpoint_size: int
+    anchor_size: int | None
+    files: list[tuple[str, str]]  # (sha256 hex, path)
+    populations: list[tuple[str, str]]  # (name, definition)
+
+
+def _field(lines: list[str], i: int, key: str) -> str:
+    if i >= len(lines) or not lines[i].startswith(key + " "):
+        raise ValueError(f"line {i + 1}: expected `{key} ...`")
+    return lines[i][len(key) + 1:]
+
+
+def parse_manifest(text: bytes) -> Manifest:
+    """Section 12.2: the manifest's note text; raises ValueError naming the line."""
+    lines = text.decode()[:-1].split("\n")  # a note text always ends in a newline
+    if lines[0] != MANIFEST_HEADER:
+        raise ValueError(f"line 1: the header is not {MANIFEST_HEADER}")
+    nums = {}
+    for i, key in ((5, "revoke_sla_ms"), (7, "checkpoint")):
+        try:
+            nums[key] = decimal(_field(lines, i, key))
+        except ValueError as e:
+            raise ValueError(f"line {i + 1}: {e}") from None
+    rng = _field(lines, 6, "entries").split(" ")
+    try:
+        first, end = (decimal(rng[0]), decimal(rng[1])) if len(rng) == 2 else (None, None)
+    except ValueError:
+        first = end = None
+    if first is None or end is None:
+        raise ValueError("line 7: expected `entries FIRST END`")
+    if end <= first:
+        raise ValueError("line 7: the entry range is empty")
+    anchor = _field(lines, 8, "anchor")
+    try:
+        anchor_size = None if anchor == "none" else decimal(anchor)
+    except ValueError:
+        raise ValueError("line 9: expected `anchor N` or `anchor none`") from None
+    files, pops = [], []
+    for i, line in enumerate(lines[9:], 10):
+        kind, _, rest = line.partition(" ")
+        a, sep, b = rest.partition(" ")
+        if kind == "file" and sep and not pops:
+            if not HEX64.fullmatch(a):
+                raise ValueError(f"line {i}: the hash is not 64 lowercase hex digits")
+            files.append((a, b))
+        elif kind == "population" and sep:
+            pops.append((a, b))
+        else:
+            raise ValueError(f"line {i}: expected `file SHA256 PATH` lines, then "
+                             "`population NAME DEFINITION` lines")
+    paths = [p.encode() for _, p in files]
+    if any(x >= y for x, y in zip(paths, paths[1:])):
+        raise ValueError("the file lines are not sorted by path (byte order) without repeats")
+    return Manifest(_field(lines, 1, "origin"), _field(lines, 2, "report"),
+                    (_field(lines, 3, "from"), _field(lines, 4, "to")), nums["revoke_sla_ms"],
+                    (first, end), nums["checkpoint"], anchor_size, files, pops)
+
+
+@dataclass
+class RangeProofFile:
+    start: int
+    end: int
+    size: int
+    left: list[bytes]
+    right: list[bytes]
+    anchor: tuple[int, list[bytes]] | None
+
+
+def parse_range_proof(data: bytes) -> RangeProofFile:
+    """Section 12.3; raises ValueError naming the line."""
+    text = data.decode("utf-8")
+    if not text.endswith("\n"):
+        raise ValueError("the proof does not end in a newline")
+    lines = text[:-1].split("\n")
+    if lines[0] != PROOF_HEADER:
+        raise ValueError(f"line 1: the header is not {PROOF_HEADER}")
+    nums = []
+    for i, key in ((1, "start"), (2, "end"), (3, "size")):
+        try:
+            nums.append(decimal(_field(lines, i, key)))
+        except ValueError:
+            raise ValueError(f"line {i + 1}: expected `{key} N`") from None
+    left, right, anchor = [], [], None
+    for i, line in enumerate(lines[4:], 5):
+        key, sep, value = line.partition(" ")
+        try:
+            if key == "left" and sep and not right and anchor is None:
+                left.append(b64decode(value, 32))
+            elif key == "right" and sep and anchor is None:
+                right.append(b64decode(value, 32))
+            elif key == "anchor-size" and sep and anchor is None:
+                anchor = (decimal(value), [])
+            elif key == "anchor" and sep and anchor is not None:
+                anchor[1].append(b64decode(value, 32))
+            else:
+                raise ValueError("unexpected line here (left, right, anchor-size, anchor lines "
+                                 "come in that order)")
+        except ValueError as e:
+            raise ValueError(f"line {i}: {e}") from None
+    return RangeProofFile(*nums, left, right, anchor)
+
+
+def verify_consistency(old: int, new: int, proof: list[bytes], old_root: bytes,
+                       new_root: bytes) -> bool:
+    """RFC 9162 section 2.1.4.2 with the edge cases of section 5.5."""
+    if old > new or (old == 0 and new > 0):
+        return False
+    if old == new:
+        return not proof and old_root == new_root
+    if not proof:
+        return False
+    path = ([old_root] if old & (old - 1) == 0 else []) + proof
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+def range_root(start: int, left: list[bytes], leaves: list[bytes]) -> bytes:
+    """The root of the tree of start + len(leaves) leaves, from the roots of the perfect
+    subtrees of the tree of `start` leaves (largest first) and the following leaf hashes."""
+    heights = [h for h in range(63, -1, -1) if start >> h & 1]
+    if len(heights) != len(left):
+        raise ValueError(f"a tree of {start} leaves has {len(heights)} left hashes, the proof "
+                         f"gives {len(left)}")
+    stack = list(zip(heights, left))
+    for leaf in leaves:
+        h, v = 0, leaf
+        while stack and stack[-1][0] == h:
+            v, h = node_hash(stack.pop()[1], v), h + 1
+        stack.append((h, v))
+    root = stack[-1][1]
+    for _, v in reversed(stack[:-1]):
+        root = node_hash(v, root)
+    return root
+
+
+def bundle_files(bundle_dir: str) -> list[str]:
+    """Every file under the bundle, relative with '/', sorted; anything that is neither a
+    directory nor a regular file (a symbolic link included) fails with `layout`."""
+    found, stack = [], [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(bundle_dir, rel)) as it:
+            for d in it:
+                path = f"{rel}/{d.name}" if rel else d.name
+                if d.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                elif d.is_file(follow_symlinks=False):
+                    found.append(path)
+                else:
+                    raise Fail("layout", "neither a regular file nor a directory", file=path)
+    return sorted(found, key=str.encode)
+
+
+def walk_bundle_entries(entries: list[bytes], origin: str, pinned: list[Pinned]):
+    """Section 12.5 step 2: section 9 step 5 items 1-10 over a run of entries starting at the
+    first entry's seq. Returns (events, leaf hashes, key history [(first seq, key)])."""
+    events, leaves, history, ids = [], [], [], set()
+    for i, raw in enumerate(entries):
+        s = events[0]["seq"] + i if events else None
+        try:
+            e = parse_entry(raw)
+        except ValueError as exc:
+            raise Fail("entry-syntax", f"entry {i} of the file: {exc}", s, "entries") from None
+        ev = e.event
+        s = ev["seq"] if s is None else s
+        if ev["seq"] != s:
+            raise Fail("sequence", f"entry {i} of the file has seq {ev['seq']}, expected {s}", s,
+                       "entries")
+        if ev["log"] != origin:
+            raise Fail("origin", f"entry {s} belongs to log {ev['log']!r}, not {origin!r}", s,
+                       "entries")
+        prev = leaves[-1] if leaves else (bytes(32) if s == 0 else None)
+        if prev is not None and b64decode(ev["prev"]) != prev:
+            raise Fail("prev-hash", f"entry {s}: prev is not the preceding leaf hash", s,
+                       "entries")
+        if events and ev["ts"] < events[-1]["ts"]:
+            raise Fail("timestamp", f"entry {s}: ts {ev['ts']} is before {events[-1]['ts']}", s,
+                       "entries")
+        if ev["id"] in ids:
+            raise Fail("duplicate-id", f"entry {s}: event ID {ev['id']} repeated", s, "entries")
+        ids.add(ev["id"])
+        if not history:
+            key = next((p.key for p in pinned if p.covers(s) and p.key.name == origin
+                        and e.sigs[0].matches(p.key)), None)
+            if key is None:
+                raise Fail("key-not-in-force",
+                           f"no pinned key covering {s} matches its signature line", s, "entries")
+            history.append((s, key))
+        key = history[-1][1]
+        if not verify_line(e.sigs[0], key, e.text):
+            raise Fail("signature", f"entry {s}: signature line 1 is not a valid signature by "
+                       f"the key in force ({key.key_id:08x})", s, "entries")
+        if not permitted(key, s, pinned, [k for _, k in history[:-1]]):
+            raise Fail("key-not-in-force", f"key {key.key_id:08x} is not pinned for {s}", s,
+                       "entries")
+        if e.new_key is not None:
+            if not verify_line(e.sigs[1], e.new_key, e.text):
+                raise Fail("signature", f"entry {s}: signature line 2 is not a valid signature "
+                           "by the new key", s, "entries")
+            history.append((s + 1, e.new_key))
+        events.append(ev)
+        leaves.append(leaf_hash(raw))
+    return events, leaves, history
+
+
+def verify_report(bundle_dir: str, pinned: list[Pinned], anchor: bytes | None = None) -> dict:
+    """Section 12.5, steps 1-6 and 9 (not 7, the witness policy, nor 8, the recomputation of
+    the populations: a changed CSV, JSON or HTML fails here with `file-hash`)."""
+    # 1. The fixed files; the checkpoint and the manifest parse.
+    raw = {}
+    for name in REQUIRED_FILES:
+        raw[name] = read(os.path.join(bundle_dir, name))
+        if raw[name] is None:
+            raise Fail("layout", "cannot read the file", file=name)
+    try:
+        cp = parse_checkpoint(raw["checkpoint"])
+    except ValueError as e:
+        raise Fail("checkpoint", f"malformed checkpoint: {e}", file="checkpoint") from None
+    origin, size = cp.origin, cp.size
+    try:
+        m_text, m_sigs = parse_note(raw["manifest"])
+        manifest = parse_manifest(m_text)
+    except ValueError as e:
+        raise Fail("manifest", f"malformed manifest: {e}", file="manifest") from None
+
+    # 2. Every entry.
+    entries, data, off = [], raw["entries"], 0
+    while off < len(data):
+        length = int.from_bytes(data[off:off + 2], "big")
+        if off + 2 > len(data) or off + 2 + length > len(data):
+            raise Fail("entry-syntax", f"entry {len(entries)} of the file runs past its end",
+                       file="entries")
+        entries.append(data[off + 2:off + 2 + length])
+        off += 2 + length
+    if not entries:
+        raise Fail("boundary", "the bundle holds no entries", file="entries")
+    events, leaves, history = walk_bundle_entries(entries, origin, pinned)
+    first_seq = events[0]["seq"]
+    end_seq = first_seq + len(events)
+
+    # 3. The checkpoint, then the manifest, signed by the key in force at the checkpoint's size.
+    signer = None
+    at = [j for j, (s, _) in enumerate(history) if s <= size]
+    if at:
+        k = history[at[-1]][1]
+        if cp.verified_by([k]) and permitted(k, size, pinned, [k2 for _, k2 in history[:at[-1]]]):
+            signer = k
+    if signer is None:
+        signer = next((k for k in pinned_covering(pinned, size, origin) if cp.verified_by([k])),
+                      None)
+    if signer is None:
+        raise Fail("checkpoint-signature", f"the checkpoint of size {size} is not signed by the "
+                   "key in force at its size", file="checkpoint")
+    if not note_verified(m_text, m_sigs, [signer]):
+        raise Fail("manifest-signature", f"the manifest is not signed by the log key "
+                   f"{signer.key_id:08x} that signed the checkpoint", file="manifest")
+    if manifest.origin != origin or manifest.report != "soc2":
+        raise Fail("manifest", f"the manifest is for log {manifest.origin!r} report "
+                   f"{manifest.report!r}; the checkpoint is for {origin!r}", file="manifest")
+    frm, to = manifest.period
+    if not (_timestamp(frm) and _timestamp(to)):
+        raise Fail("manifest", "from or to is not a timestamp of section 4.2", file="manifest")
+    if frm >= to:
+        raise Fail("manifest", f"the period {frm} .. {to} is empty", file="manifest")
+
+    # 4. Boundaries: one entry before the period (unless the first is entry 0), one at or after
+    # its end (unless the last is the checkpoint's last).
+    n = len(events)
+    p_first = next((i for i, ev in enumerate(events) if ev["ts"] >= frm), n)
+    p_end = next((i for i, ev in enumerate(events) if ev["ts"] >= to), n)
+    if p_first == 0 and first_seq != 0:
+        raise Fail("boundary", f"the first entry ({events[0]['ts']}) is inside the period and "
+                   "is not entry 0: the boundary entry before the period is missing",
+                   first_seq, "entries")
+    if p_first > 1:
+        raise Fail("boundary", "more than one entry before the period", first_seq, "entries")
+    if p_end == n and end_seq != size:
+        raise Fail("boundary", f"the last entry ({events[-1]['ts']}) is inside the period and "
+                   "the checkpoint has later entries: the boundary entry after the period is "
+                   "missing", end_seq - 1, "entries")
+    if p_end + 1 < n:
+        raise Fail("boundary", "more than one entry after the period", first_seq + p_end + 1,
+                   "entries")
+
+    # 5. The range proof ties the entries to the checkpoint; the manifest names them.
+    try:
+        proof = parse_range_proof(raw["proof"])
+    except ValueError as e:
+        raise Fail("proof", f"malformed proof: {e}", file="proof") from None
+    if proof.start != first_seq or proof.size != size:
+        raise Fail("proof", f"the proof is for entries from {proof.start} in a tree of size "
+                   f"{proof.size}; the bundle's entries start at {first_seq} and its checkpoint "
+                   f"has size {size}", file="proof")
+    if proof.end != end_seq or end_seq > size:
+        raise Fail("proof", f"the proof is for entries {proof.start}..{proof.end} of a tree of "
+                   f"size {size}; the bundle holds {first_seq}..{end_seq}", file="proof")
+    try:
+        end_root = range_root(first_seq, proof.left, leaves)
+    except ValueError as e:
+        raise Fail("proof", str(e), file="proof") from None
+    if not verify_consistency(end_seq, size, proof.right, end_root, cp.root):
+        raise Fail("proof", f"the entries do not lead to the checkpoint's root (the tree of "
+                   f"{end_seq} leaves is not consistent with the checkpoint)", file="proof")
+    if (manifest.entries, manifest.checkpoint_size) != ((first_seq, end_seq), size):
+        raise Fail("manifest", f"the manifest names entries {manifest.entries[0]}.."
+                   f"{manifest.entries[1]} and checkpoint size {manifest.checkpoint_size}; the "
+                   f"bundle holds {first_seq}..{end_seq} and size {size}", file="manifest")
+    if manifest.anchor_size != (proof.anchor[0] if proof.anchor else None):
+        raise Fail("manifest", "the manifest's anchor size differs from the proof's",
+                   file="manifest")
+
+    # 6. The auditor's anchor.
+    if anchor is not None:
+        try:
+            an = parse_checkpoint(anchor)
+        except ValueError as e:
+            raise Fail("anchor", f"malformed anchor: {e}", file="anchor") from None
+        if an.origin != origin:
+            raise Fail("anchor", f"the anchor is for log {an.origin!r}", file="anchor")
+        if not an.verified_by(pinned_covering(pinned, an.size, origin)):
+            raise Fail("anchor", f"the anchor of size {an.size} is not signed by a key pinned "
+                       "for its size", file="anchor")
+        if an.size > size:
+            raise Fail("truncation", f"the checkpoint has size {size}, smaller than the "
+                       f"anchor's {an.size}", file="checkpoint")
+        if an.size == size:
+            consistent = an.root == cp.root
+        elif proof.anchor is None or proof.anchor[0] != an.size:
+            raise Fail("anchor", f"the bundle carries no consistency proof from size {an.size}",
+                       file="proof")
+        else:
+            consistent = verify_consistency(an.size, size, proof.anchor[1], an.root, cp.root)
+        if not consistent:
+            raise Fail("fork", f"the checkpoint of size {size} is not consistent with the "
+                       f"anchor of size {an.size}", max(an.size - 1, 0), "proof")
+
+    # 8 (partly). Without recomputing, the population names must be those of section 12.4.
+    names = tuple(name for name, _ in manifest.populations)
+    if names != POPULATIONS:
+        raise Fail("manifest", f"the populations are {', '.join(names)}, not those of "
+                   "FORMAT.md section 12.4", file="manifest")
+
+    # 9. The manifest lists exactly the bundle's files, each with its SHA-256; no other file.
+    expected = sorted([*REPORT_FILES, *(f"populations/{p}.csv" for p in POPULATIONS)],
+                      key=str.encode)
+    if [p for _, p in manifest.files] != expected:
+        raise Fail("manifest", "the manifest does not list exactly the bundle's files",
+                   file="manifest")
+    for digest, path in manifest.files:
+        if (content := read(os.path.join(bundle_dir, path))) is None:
+            raise Fail("layout", "cannot read the file", file=path)
+        if hashlib.sha256(content).hexdigest() != digest:
+            raise Fail("file-hash", "SHA-256 differs from the manifest's", file=path)
+    for path in bundle_files(bundle_dir):
+        if path != "manifest" and path not in expected:
+            raise Fail("layout", "a file the manifest does not list", file=path)
+
+    return {"origin": origin, "period": [frm, to], "entries": [first_seq, end_seq],
+            "period_closed": p_end < n, "size": size, "root": b64(cp.root),
+            "entries_verified": n, "keys_in_force": [(s, str(k)) for s, k in history],
+            "anchor_size": None if anchor is None else an.size, "files": len(expected) + 1,
+            "manifest_sha256": hashlib.sha256(raw["manifest"]).hexdigest()}
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 class _ArgParser(argparse.ArgumentParser):
@@ -885,19 +1295,24 @@ class _ArgParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = _ArgParser(prog="portcullis_verify.py", description="Verify a Portcullis export "
-                    "(EXPORT_DIR) or tlog-proof file (proof FILE), from FORMAT.md.")
+                    "(EXPORT_DIR), a tlog-proof file (proof FILE) or a report bundle (report BUNDLE), "
+                    "from FORMAT.md.")
     ap.json_mode = "--json" in argv
-    ap.add_argument("target", nargs="+", help="EXPORT_DIR, or: proof FILE")
+    ap.add_argument("target", nargs="+", help="EXPORT_DIR, or: proof FILE, or: report BUNDLE")
     ap.add_argument("--key", action="append", default=[], metavar="VKEY[@FROM-[TO]]")
     ap.add_argument("--anchor", metavar="FILE")
     ap.add_argument("--allow-partial", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    proof_mode = args.target[0] == "proof" and len(args.target) == 2
-    if len(args.target) != 1 and not proof_mode:
-        ap.error("expected EXPORT_DIR, or: proof FILE")
-    if proof_mode and (args.anchor or args.allow_partial):
-        ap.error("--anchor and --allow-partial apply to exports only")
+    mode = args.target[0] if len(args.target) == 2 else None
+    if len(args.target) != 1 and mode not in ("proof", "report"):
+        ap.error("expected EXPORT_DIR, or: proof FILE, or: report BUNDLE")
+    if mode == "proof" and (args.anchor or args.allow_partial):
+        ap.error("--anchor and --allow-partial apply to exports and reports only")
+    if mode == "report" and args.allow_partial:
+        ap.error("--allow-partial applies to exports only")
+    if mode == "report" and not os.path.isdir(args.target[1]):
+        ap.error(f"{args.target[1]} is not a directory")
     if not args.key:
         ap.error("at least one --key is required")
     pinned = []
@@ -907,7 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(f"refusing pinned key {k!r}: {e}")
     try:
-        if proof_mode:
+        if mode == "proof":
             if (data := read(args.target[1])) is None:
                 ap.error(f"cannot read {args.target[1]}")
             report = verify_proof_file(data, pinned)
@@ -915,13 +1330,17 @@ def main(argv: list[str] | None = None) -> int:
             anchor = None if args.anchor is None else read(args.anchor)
             if args.anchor is not None and anchor is None:
                 raise Fail("anchor", f"cannot read the anchor {args.anchor}")
-            report = verify_export(args.target[0], pinned, anchor, args.allow_partial)
+            if mode == "report":
+                report = verify_report(args.target[1], pinned, anchor)
+            else:
+                report = verify_export(args.target[0], pinned, anchor, args.allow_partial)
     except Fail as f:
         if args.json:
-            print(json.dumps({"ok": False, "check": f.check, "seq": f.seq, "reason": f.reason}))
+            print(json.dumps({"ok": False, "check": f.check, "seq": f.seq, "reason": f.reason}
+                             | ({"file": f.file} if mode == "report" else {})))
         else:
-            print(f"FAILED [{f.check}]" + (f" at seq {f.seq}" if f.seq is not None else "")
-                  + f": {f.reason}")
+            print(f"FAILED [{f.check}]" + (f" {f.file}:" if f.file else "")
+                  + (f" at seq {f.seq}" if f.seq is not None else "") + f": {f.reason}")
         return 1
     if args.json:
         print(json.dumps({"ok": True, "size": report["size"],
