@@ -4,7 +4,6 @@
 //! of every watched route, and the standing access last reported.
 
 use portcullis_format::event::{Actor, Event, EventDraft, EventId};
-use portcullis_format::json::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -192,9 +191,7 @@ impl Observation {
 
     /// The draft that records this observation, by `actor`, with event id `id`.
     pub fn to_draft(&self, id: EventId, actor: &Actor) -> EventDraft {
-        let value = self.data().unwrap_or(serde_json::Value::Null);
-        let data = Json::from_serde(&value).unwrap_or(Json::Obj(Vec::new()));
-        EventDraft { id, kind: self.kind().to_string(), v: 1, actor: actor.clone(), data }
+        crate::events::draft(self.kind(), self.data(), id, actor)
     }
 
     /// Reads a reconciler event; `None` for other kinds or other versions.

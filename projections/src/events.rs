@@ -278,9 +278,7 @@ impl Payload {
     /// # Panics
     /// Never: every payload serializes to a JSON object of strings, integers and booleans.
     pub fn to_draft(&self, id: EventId, actor: &Actor) -> EventDraft {
-        let value = self.data().unwrap_or(serde_json::Value::Null);
-        let data = Json::from_serde(&value).unwrap_or(Json::Obj(Vec::new()));
-        EventDraft { id, kind: self.kind().to_string(), v: 1, actor: actor.clone(), data }
+        draft(self.kind(), self.data(), id, actor)
     }
 
     /// Reads the payload of a workflow event; `None` for other kinds or data
@@ -314,6 +312,15 @@ impl Payload {
         };
         parse(value)
     }
+}
+
+/// The version-1 draft of an event of `kind` whose data serialized to `data`.
+/// Every payload of this crate serializes to a JSON object of strings,
+/// integers, booleans, arrays and objects, so the fallback is never taken.
+pub fn draft(kind: &str, data: serde_json::Result<serde_json::Value>, id: EventId, actor: &Actor) -> EventDraft {
+    let value = data.unwrap_or(serde_json::Value::Null);
+    let data = Json::from_serde(&value).unwrap_or(Json::Obj(Vec::new()));
+    EventDraft { id, kind: kind.to_string(), v: 1, actor: actor.clone(), data }
 }
 
 /// Adds a span to an instant, saturating at the latest ledger time.

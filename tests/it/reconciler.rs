@@ -259,17 +259,29 @@ async fn start_reconciler(cluster: &Cluster, service: &Service, identity: &str) 
     Reconciler::start(&cluster.config(), Arc::clone(&service.workflow), identity.into()).await.unwrap()
 }
 
+/// A cluster, the service, and a reconciler that leads it.
+async fn scene() -> (tempfile::TempDir, Cluster, Service, Reconciler) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path()).await;
+    let service = Service::start().await;
+    let reconciler = start_reconciler(&cluster, &service, "replica-a").await;
+    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    (dir, cluster, service, reconciler)
+}
+
+async fn finish(reconciler: &Reconciler, service: Service, cluster: Cluster) {
+    reconciler.shutdown().await;
+    service.stop().await;
+    cluster.cleanup().await;
+}
+
 async fn leading(reconciler: &Reconciler) -> bool {
     reconciler.status().iter().all(|(_, s)| s.leader && s.synced)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_lets_the_person_edit_exactly_the_named_ingress_until_they_end_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path()).await;
-    let service = Service::start().await;
-    let reconciler = start_reconciler(&cluster, &service, "replica-a").await;
-    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    let (_dir, cluster, service, reconciler) = scene().await;
 
     assert!(!cluster.can_patch("alice", "storefront").await, "no access before a grant");
     let grant = service.grant(&cluster, "alice", &["storefront"], "1h").await;
@@ -301,18 +313,12 @@ async fn a_grant_lets_the_person_edit_exactly_the_named_ingress_until_they_end_i
             .any(|o| matches!(o, Observation::BindingRemoved(r) if r.grant_id == grant_id && r.cause == "ended"))
     })
     .await;
-    reconciler.shutdown().await;
-    service.stop().await;
-    cluster.cleanup().await;
+    finish(&reconciler, service, cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_removes_the_binding_within_a_second_and_overlapping_grants_stand_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path()).await;
-    let service = Service::start().await;
-    let reconciler = start_reconciler(&cluster, &service, "replica-a").await;
-    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    let (_dir, cluster, service, reconciler) = scene().await;
 
     let short = service.grant(&cluster, "alice", &["storefront"], "3s").await;
     let long = service.grant(&cluster, "alice", &["storefront"], "1h").await;
@@ -349,18 +355,12 @@ async fn expiry_removes_the_binding_within_a_second_and_overlapping_grants_stand
         !cluster.can_patch("alice", "storefront").await
     })
     .await;
-    reconciler.shutdown().await;
-    service.stop().await;
-    cluster.cleanup().await;
+    finish(&reconciler, service, cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_restored_or_removed_and_recorded_and_standing_access_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path()).await;
-    let service = Service::start().await;
-    let reconciler = start_reconciler(&cluster, &service, "replica-a").await;
-    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    let (_dir, cluster, service, reconciler) = scene().await;
     let grant = service.grant(&cluster, "alice", &["storefront"], "1h").await;
     let name = desired::object_name(&grant.to_string());
     eventually(Duration::from_secs(5), "the binding", || async { cluster.managed().await.len() == 1 }).await;
@@ -433,18 +433,12 @@ async fn drift_is_restored_or_removed_and_recorded_and_standing_access_reported(
         restored && removed && standing
     })
     .await;
-    reconciler.shutdown().await;
-    service.stop().await;
-    cluster.cleanup().await;
+    finish(&reconciler, service, cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_changes_are_recorded_with_a_diff_and_the_grants_that_covered_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path()).await;
-    let service = Service::start().await;
-    let reconciler = start_reconciler(&cluster, &service, "replica-a").await;
-    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    let (_dir, cluster, service, reconciler) = scene().await;
     let grant = service.grant(&cluster, "alice", &["storefront"], "1h").await;
     eventually(Duration::from_secs(5), "the grant's binding", || cluster.can_patch("alice", "storefront")).await;
 
@@ -519,11 +513,7 @@ async fn two_replicas_elect_one_leader_and_hand_over_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_removes_on_time_while_the_ledger_is_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path()).await;
-    let service = Service::start().await;
-    let reconciler = start_reconciler(&cluster, &service, "replica-a").await;
-    eventually(Duration::from_secs(10), "leadership", || leading(&reconciler)).await;
+    let (_dir, cluster, service, reconciler) = scene().await;
     service.grant(&cluster, "alice", &["storefront"], "3s").await;
     eventually(Duration::from_secs(5), "the binding", || cluster.can_patch("alice", "storefront")).await;
     let expires = Instant::now() + Duration::from_secs(2);
@@ -576,9 +566,7 @@ async fn an_api_server_outage_delays_removal_only_until_it_returns() {
             == 1
     })
     .await;
-    reconciler.shutdown().await;
-    service.stop().await;
-    cluster.cleanup().await;
+    finish(&reconciler, service, cluster).await;
 }
 
 /// POSTs to the service's router as `token`; the status and JSON body.
@@ -668,9 +656,7 @@ async fn credential_mode_hands_a_grant_token_out_once_and_revocation_kills_it() 
     assert!(entries.iter().all(|e| !String::from_utf8_lossy(e).contains(&token)));
     assert!(entries.iter().any(|e| String::from_utf8_lossy(e).contains("grant.credential_issued")));
     drop(router);
-    reconciler.shutdown().await;
-    service.stop().await;
-    cluster.cleanup().await;
+    finish(&reconciler, service, cluster).await;
 }
 
 /// Takes the credential once the reconciler has made the ServiceAccount (503 until then).
@@ -828,7 +814,5 @@ async fn each_cluster_is_reconciled_on_its_own() {
     })
     .await;
     assert_eq!(other.list("rbac.authorization.k8s.io/v1", "rolebindings", None).len(), 0);
-    reconciler.shutdown().await;
-    service.stop().await;
-    cluster.cleanup().await;
+    finish(&reconciler, service, cluster).await;
 }
