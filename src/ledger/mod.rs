@@ -112,8 +112,15 @@ enum Request {
     },
     /// Sent by the writer when it hands batches back to be signed again.
     Wake,
+    /// Sent by the writer of a shared store when it had nothing to commit for
+    /// [`TURN_IDLE`]: the sequencer gives the writers' turn up.
+    Idle,
     Shutdown,
 }
+
+/// How long the writer of a shared store waits without a batch before the
+/// turn is given up to other replicas.
+const TURN_IDLE: Duration = Duration::from_millis(1);
 
 /// How many times one request is signed again after losing a race to
 /// another replica (or riding on a batch that failed) before it fails.
@@ -432,12 +439,37 @@ struct Writer {
 
 impl Writer {
     fn run(self, rx: std::sync::mpsc::Receiver<WriterMsg>) {
-        for message in rx {
+        // Whether a batch was committed since the sequencer was last told the writer is idle.
+        let mut busy = false;
+        loop {
+            let message = if self.store.shared() && busy {
+                match rx.recv_timeout(TURN_IDLE) {
+                    Ok(message) => message,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        // Nothing to commit: let the sequencer give the turn up, then wait.
+                        busy = false;
+                        if let Some(wake) = self.wake.upgrade() {
+                            let _ = wake.try_send(Request::Idle);
+                        }
+                        match rx.recv() {
+                            Ok(message) => message,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            };
             match message {
                 WriterMsg::Barrier(done) => {
                     let _ = done.send(());
                 }
                 WriterMsg::Batch { pending, epoch } => {
+                    busy = true;
                     if epoch != self.epoch.load(Ordering::Acquire) {
                         // Signed on top of a batch that was not written: its chain is
                         // broken, and it was not written either. Sign it again.
@@ -523,6 +555,10 @@ impl Sequencer {
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else { break };
+            // The turn first: what arrives while waiting for it joins this batch.
+            if matches!(first, Request::Append { .. } | Request::Wake) {
+                self.take_turn(&writer_tx);
+            }
             let mut requests = vec![first];
             let mut events = 0usize;
             while events < self.config.max_batch {
@@ -536,16 +572,25 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            if requests.iter().any(|r| matches!(r, Request::Append { .. } | Request::Wake)) {
+                self.take_turn(&writer_tx);
+            }
             if self.epoch.load(Ordering::Acquire) != self.seen_epoch {
                 self.sync(&writer_tx);
             }
             let mut pending = self.start_batch();
             // What came back from the writer goes first, in its order.
             self.resign_returned(&mut pending);
+            let mut idle = pending.batch.entries.is_empty();
+            let mut idle_tick = false;
             for request in requests {
                 match request {
-                    Request::Append { drafts, respond } => self.sign_into(&mut pending, drafts, respond, 1),
+                    Request::Append { drafts, respond } => {
+                        idle = false;
+                        self.sign_into(&mut pending, drafts, respond, 1);
+                    }
                     Request::Wake => {}
+                    Request::Idle => idle_tick = true,
                     Request::Checkpoint { respond } => {
                         self.dispatch(pending, &writer_tx);
                         self.sync(&writer_tx);
@@ -563,6 +608,9 @@ impl Sequencer {
                 }
             }
             self.dispatch(pending, &writer_tx);
+            if idle && idle_tick {
+                self.end_turn(&writer_tx);
+            }
         }
         // Refuse what arrives from now on, let the writer finish, then leave a
         // checkpoint of the final state.
@@ -582,11 +630,50 @@ impl Sequencer {
             }
             self.dispatch(pending, &writer_tx);
         }
+        self.end_turn(&writer_tx);
         drop(writer_tx);
         self.stopped.store(true, Ordering::Release);
         let _ = writer_thread.join();
         if let Err(e) = self.sign_checkpoint() {
             tracing::warn!("final checkpoint failed: {e}");
+        }
+    }
+
+    /// On a store several replicas share, makes sure this replica holds the
+    /// writers' turn before it signs, so the batch is signed on the store's
+    /// true head and appended as signed. A replica that waited for the turn
+    /// is seen at the next append; this one then lets what it has in flight
+    /// commit, gives the turn up and queues for it again behind the waiter
+    /// (first come, first served in the server), so turns alternate under
+    /// load instead of one replica starving the other.
+    fn take_turn(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
+        if !self.store.shared() {
+            return;
+        }
+        if self.store.turn_wanted() {
+            self.end_turn(writer);
+        }
+        match self.store.take_turn() {
+            Ok(false) => {}
+            Ok(true) => {
+                // Taken now: others may have appended since this replica's last
+                // commit. Let the batches in flight finish, then catch up.
+                self.sync(writer);
+                self.follow_store();
+            }
+            // Appends stay safe without the turn (the store checks the expected position).
+            Err(e) => tracing::warn!("taking the writers' turn: {e}"),
+        }
+    }
+
+    /// Lets every batch in flight commit, then gives the writers' turn up.
+    fn end_turn(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
+        if !self.store.shared() {
+            return;
+        }
+        self.sync(writer);
+        if let Err(e) = self.store.end_turn() {
+            tracing::warn!("giving the writers' turn up: {e}");
         }
     }
 

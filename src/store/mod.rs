@@ -93,6 +93,25 @@ pub trait Store: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// Takes this writer's turn on a store several writers share: waits
+    /// (first come, first served) until no other writer holds it, and keeps
+    /// it until [`Store::end_turn`]. While it is held no other writer
+    /// appends, so a batch signed on the store's head is appended as signed.
+    /// Returns whether it was taken by this call (the head may have moved
+    /// since this writer last appended); `false` when it was already held,
+    /// or could not be had in time (appends stay safe without it: the
+    /// expected position decides). Single-writer stores: always `false`.
+    fn take_turn(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Gives the turn up (a no-op when it is not held).
+    fn end_turn(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether another writer waited for the turn at this writer's last append.
+    fn turn_wanted(&self) -> bool {
+        false
+    }
     /// Blocks until the store may have grown past `size`, or `timeout`
     /// passes. Only a hint (a notification may be missed): callers re-read
     /// the size afterwards. The default just sleeps.

@@ -31,22 +31,92 @@
 
 use super::{AppendBatch, KeyRecord, Store, StoreError, redact};
 use portcullis_format::merkle::Hash;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The schema's migrations, in order. A migration is never edited once
 /// released: a change is a new version.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE ledger_head (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row), size BIGINT NOT NULL);
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE ledger_head (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row), size BIGINT NOT NULL);
      INSERT INTO ledger_head (only_row, size) VALUES (TRUE, 0);
      CREATE TABLE ledger_entries (seq BIGINT PRIMARY KEY, entry BYTEA NOT NULL);
      CREATE TABLE ledger_nodes (id BIGINT PRIMARY KEY, hash BYTEA NOT NULL);
      CREATE TABLE ledger_event_ids (id BYTEA PRIMARY KEY, seq BIGINT NOT NULL);
      CREATE TABLE ledger_checkpoints (size BIGINT PRIMARY KEY, note TEXT NOT NULL);
      CREATE TABLE ledger_keys (from_seq BIGINT PRIMARY KEY, vkey TEXT NOT NULL);",
-)];
+    ),
+    (2, APPEND_FUNCTIONS),
+];
+
+/// Version 2: an append in one statement (one round trip, committed on its
+/// own), and the writers' turn. `portcullis_append` locks the head row,
+/// checks the expected position, refuses a stored or repeated event id with
+/// SQLSTATE `PCDUP` (the id in hex as the detail, nothing written), inserts
+/// everything, moves the head, notifies, and says whether another session
+/// waits for the turn (the advisory lock `(turn_class, turn_object)`, see
+/// [`TURN_CLASS`]). `portcullis_take_turn` waits for that lock at most `wait_ms`.
+const APPEND_FUNCTIONS: &str = "
+CREATE FUNCTION portcullis_append(expected BIGINT, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
+                                  node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
+                                  turn_class INT, turn_object INT)
+RETURNS TABLE (appended BOOLEAN, head_size BIGINT, turn_wanted BOOLEAN) LANGUAGE plpgsql AS $$
+DECLARE
+    current BIGINT;
+    inserted BIGINT;
+    dup BYTEA;
+BEGIN
+    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
+    IF current <> expected THEN
+        RETURN QUERY SELECT FALSE, current, FALSE;
+        RETURN;
+    END IF;
+    INSERT INTO ledger_event_ids (id, seq)
+        SELECT i.id, expected + i.n - 1 FROM unnest(ids) WITH ORDINALITY AS i(id, n)
+        ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    IF inserted <> coalesce(cardinality(ids), 0) THEN
+        SELECT e.id INTO dup FROM ledger_event_ids e WHERE e.id = ANY(ids) AND e.seq < expected LIMIT 1;
+        IF dup IS NULL THEN
+            SELECT r.x INTO dup FROM unnest(ids) AS r(x) GROUP BY r.x HAVING count(*) > 1 LIMIT 1;
+        END IF;
+        RAISE EXCEPTION 'event id % is already in the ledger', encode(dup, 'hex')
+            USING ERRCODE = 'PCDUP', DETAIL = encode(dup, 'hex');
+    END IF;
+    INSERT INTO ledger_entries (seq, entry)
+        SELECT expected + e.n - 1, e.entry FROM unnest(entries) WITH ORDINALITY AS e(entry, n);
+    INSERT INTO ledger_nodes (id, hash) SELECT * FROM unnest(node_ids, node_hashes);
+    INSERT INTO ledger_keys (from_seq, vkey) SELECT * FROM unnest(key_froms, key_vkeys);
+    current := expected + cardinality(entries);
+    UPDATE ledger_head SET size = current;
+    PERFORM pg_notify('portcullis_ledger', current::text);
+    RETURN QUERY SELECT TRUE, current, EXISTS (
+        SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2
+          AND l.classid = turn_class::oid AND l.objid = turn_object::oid
+          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
+END $$;
+
+CREATE FUNCTION portcullis_take_turn(turn_class INT, turn_object INT, wait_ms INT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', wait_ms::text, true);
+    PERFORM pg_advisory_lock(turn_class, turn_object);
+END $$;
+";
+
+/// The advisory lock of the writers' turn: `pg_advisory_lock(TURN_CLASS, TURN_OBJECT)`
+/// ("port", "turn" in ASCII).
+const TURN_CLASS: i32 = 0x706f_7274;
+const TURN_OBJECT: i32 = 0x7475_726e;
+
+/// How long a writer waits for its turn before it appends without it (still
+/// safe: the head row lock and the expected position decide).
+const TURN_WAIT: Duration = Duration::from_secs(2);
 
 /// The schema version this build writes and reads.
 pub fn schema_version() -> i32 {
@@ -62,13 +132,69 @@ fn node_id(level: u8, index: u64) -> i64 {
     ((u64::from(level) << 57) | index) as i64
 }
 
+/// A connection and the statements prepared on it (one round trip per
+/// statement afterwards, instead of a parse and an execute).
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn { client, statements: HashMap::new() }
+    }
+
+    /// `sql` prepared on this connection, prepared once.
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Option<postgres::Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<postgres::Row, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query_one(&statement, params)
+    }
+}
+
 pub struct PostgresStore {
     config: postgres::Config,
     url: String,
-    writer: Mutex<Option<Client>>,
-    reader: Mutex<Option<Client>>,
+    writer: Mutex<Option<Conn>>,
+    reader: Mutex<Option<Conn>>,
     listener: Mutex<Option<Client>>,
     retry_for: Duration,
+    /// Whether the writer connection holds the writers' turn (the session
+    /// advisory lock). Changed only with `writer` locked; cleared when that
+    /// connection is replaced, since the server released the lock with it.
+    turn_held: AtomicBool,
+    /// Whether the last append saw another session waiting for the turn.
+    turn_wanted: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,11 +266,13 @@ impl PostgresStore {
             reader: Mutex::new(None),
             listener: Mutex::new(None),
             retry_for: Duration::from_secs(30),
+            turn_held: AtomicBool::new(false),
+            turn_wanted: AtomicBool::new(false),
         };
         off_runtime(|| {
             let mut client = store.connect()?;
             store.migrate(&mut client)?;
-            *lock(&store.writer) = Some(client);
+            *lock(&store.writer) = Some(Conn::new(client));
             Ok::<_, StoreError>(())
         })?;
         Ok(store)
@@ -186,28 +314,28 @@ impl PostgresStore {
     /// transient failures until the retry window has passed.
     fn with_client<T: Send>(
         &self,
-        slot: &Mutex<Option<Client>>,
-        op: impl FnMut(&mut Client) -> Result<T, postgres::Error> + Send,
+        slot: &Mutex<Option<Conn>>,
+        op: impl FnMut(&mut Conn) -> Result<T, postgres::Error> + Send,
     ) -> Result<T, StoreError> {
         off_runtime(|| self.with_client_here(slot, op))
     }
 
     fn with_client_here<T>(
         &self,
-        slot: &Mutex<Option<Client>>,
-        mut op: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+        slot: &Mutex<Option<Conn>>,
+        mut op: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(20);
         loop {
             let error = {
                 let mut guard = lock(slot);
-                match self.ensure(&mut guard) {
+                match self.ensure(slot, &mut guard) {
                     Err(e) => e.to_string(),
                     Ok(client) => match op(client) {
                         Ok(value) => return Ok(value),
                         Err(e) if transient(&e) => {
-                            *guard = None;
+                            self.drop_conn(slot, &mut guard);
                             e.to_string()
                         }
                         Err(e) => return Err(StoreError::Backend(e.to_string())),
@@ -223,78 +351,90 @@ impl PostgresStore {
         }
     }
 
-    fn ensure<'a>(&self, guard: &'a mut MutexGuard<'_, Option<Client>>) -> Result<&'a mut Client, StoreError> {
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            **guard = Some(self.connect()?);
+    fn ensure<'a>(
+        &self,
+        slot: &Mutex<Option<Conn>>,
+        guard: &'a mut MutexGuard<'_, Option<Conn>>,
+    ) -> Result<&'a mut Conn, StoreError> {
+        if guard.as_ref().is_none_or(|conn| conn.client.is_closed()) {
+            self.drop_conn(slot, guard);
+            **guard = Some(Conn::new(self.connect()?));
         }
         Ok(guard.as_mut().expect("just connected"))
     }
 
-    fn try_append(client: &mut Client, batch: &AppendBatch) -> Result<Attempt, postgres::Error> {
+    /// Forgets a broken connection. The server releases a session's advisory
+    /// locks when it ends, so the turn is no longer held.
+    fn drop_conn(&self, slot: &Mutex<Option<Conn>>, guard: &mut MutexGuard<'_, Option<Conn>>) {
+        if std::ptr::eq(slot, &self.writer) {
+            self.turn_held.store(false, Ordering::Release);
+        }
+        **guard = None;
+    }
+
+    /// Takes the writers' turn on the writer connection unless it holds it:
+    /// waits (in the server's queue, first come first served) at most
+    /// [`TURN_WAIT`]. Returns whether it was taken now; `false` also when
+    /// the wait timed out, and the append goes ahead without it.
+    fn take_turn_on(&self, conn: &mut Conn) -> Result<bool, postgres::Error> {
+        if self.turn_held.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let wait_ms = TURN_WAIT.as_millis() as i32;
+        match conn.query("SELECT portcullis_take_turn($1, $2, $3)", &[&TURN_CLASS, &TURN_OBJECT, &wait_ms]) {
+            Ok(_) => {
+                self.turn_held.store(true, Ordering::Release);
+                self.turn_wanted.store(false, Ordering::Release);
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::warn!("ledger store {}: another writer kept the turn for {TURN_WAIT:?}", self.url);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One append in one statement, committed on its own (no explicit
+    /// transaction): one round trip. The answer arrives only after the
+    /// commit (the client reads up to the server's ReadyForQuery).
+    fn try_append(&self, conn: &mut Conn, batch: &AppendBatch) -> Result<Attempt, postgres::Error> {
         let expected = batch.expected_size as i64;
-        let mut tx = client.transaction()?;
-        let actual: i64 = tx.query_one("SELECT size FROM ledger_head FOR UPDATE", &[])?.get(0);
-        if actual != expected {
+        let entries: Vec<&[u8]> = batch.entries.iter().map(Vec::as_slice).collect();
+        let ids: Vec<&[u8]> = batch.ids.iter().map(|id| id.as_slice()).collect();
+        let node_ids: Vec<i64> = batch.nodes.iter().map(|(l, i, _)| node_id(*l, *i)).collect();
+        let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, _, h)| h.as_slice()).collect();
+        let key_froms: Vec<i64> = batch.key_changes.iter().map(|(from, _)| *from as i64).collect();
+        let key_vkeys: Vec<&str> = batch.key_changes.iter().map(|(_, vkey)| vkey.as_str()).collect();
+        let result = conn.query_one(
+            "SELECT appended, head_size, turn_wanted FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[&expected, &entries, &ids, &node_ids, &hashes, &key_froms, &key_vkeys, &TURN_CLASS, &TURN_OBJECT],
+        );
+        let row = match result {
+            Ok(row) => row,
+            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "PCDUP") => {
+                let detail = e.as_db_error().and_then(|db| db.detail()).unwrap_or_default();
+                let dup = batch.ids.iter().find(|id| hex(id.as_slice()) == detail).copied();
+                return Ok(Attempt::Refused(StoreError::DuplicateEventId(dup.unwrap_or(batch.ids[0]))));
+            }
+            Err(e) => return Err(e),
+        };
+        let (appended, actual, wanted): (bool, i64, bool) = (row.get(0), row.get(1), row.get(2));
+        if !appended {
             return Ok(Attempt::Refused(StoreError::AppendConflict {
                 expected: batch.expected_size,
                 actual: actual as u64,
             }));
         }
-        let seqs: Vec<i64> = (0..batch.entries.len() as i64).map(|i| expected + i).collect();
-        if !batch.ids.is_empty() {
-            let ids: Vec<&[u8]> = batch.ids.iter().map(|id| id.as_slice()).collect();
-            let id_seqs = &seqs[..ids.len().min(seqs.len())];
-            let inserted = tx.execute(
-                "INSERT INTO ledger_event_ids (id, seq) SELECT * FROM UNNEST($1::bytea[], $2::int8[])
-                 ON CONFLICT (id) DO NOTHING",
-                &[&ids, &id_seqs],
-            )?;
-            if inserted as usize != ids.len() {
-                // Name the first id already stored, or else the first one repeated within the batch.
-                let stored = tx.query_opt(
-                    "SELECT id FROM ledger_event_ids WHERE id = ANY($1) AND seq < $2 LIMIT 1",
-                    &[&ids, &expected],
-                )?;
-                let dup = match stored {
-                    Some(row) => {
-                        let bytes: Vec<u8> = row.get(0);
-                        batch.ids.iter().find(|id| id.as_slice() == bytes.as_slice()).copied()
-                    }
-                    None => {
-                        batch.ids.iter().enumerate().find(|(i, id)| batch.ids[..*i].contains(id)).map(|(_, id)| *id)
-                    }
-                };
-                return Ok(Attempt::Refused(StoreError::DuplicateEventId(dup.unwrap_or(batch.ids[0]))));
-            }
-        }
-        let entries: Vec<&[u8]> = batch.entries.iter().map(Vec::as_slice).collect();
-        tx.execute(
-            "INSERT INTO ledger_entries (seq, entry) SELECT * FROM UNNEST($1::int8[], $2::bytea[])",
-            &[&seqs, &entries],
-        )?;
-        if !batch.nodes.is_empty() {
-            let ids: Vec<i64> = batch.nodes.iter().map(|(l, i, _)| node_id(*l, *i)).collect();
-            let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, _, h)| h.as_slice()).collect();
-            tx.execute(
-                "INSERT INTO ledger_nodes (id, hash) SELECT * FROM UNNEST($1::int8[], $2::bytea[])",
-                &[&ids, &hashes],
-            )?;
-        }
-        for (from, vkey) in &batch.key_changes {
-            tx.execute("INSERT INTO ledger_keys (from_seq, vkey) VALUES ($1, $2)", &[&(*from as i64), vkey])?;
-        }
-        let size = expected + batch.entries.len() as i64;
-        tx.execute("UPDATE ledger_head SET size = $1", &[&size])?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &size.to_string()])?;
-        tx.commit()?;
+        self.turn_wanted.store(wanted, Ordering::Release);
         Ok(Attempt::Done)
     }
 
     /// After a connection failure during an append: was the batch committed?
-    fn committed(client: &mut Client, batch: &AppendBatch) -> Result<bool, postgres::Error> {
+    fn committed(conn: &mut Conn, batch: &AppendBatch) -> Result<bool, postgres::Error> {
         let expected = batch.expected_size as i64;
         if let Some(id) = batch.ids.first() {
-            let row = client.query_opt("SELECT seq FROM ledger_event_ids WHERE id = $1", &[&id.as_slice()])?;
+            let row = conn.query_opt("SELECT seq FROM ledger_event_ids WHERE id = $1", &[&id.as_slice()])?;
             match row.map(|r| r.get::<_, i64>(0)) {
                 None => return Ok(false),
                 Some(seq) if seq != expected => return Ok(false),
@@ -302,7 +442,7 @@ impl PostgresStore {
             }
         }
         let Some(first) = batch.entries.first() else { return Ok(true) };
-        let row = client.query_opt("SELECT entry FROM ledger_entries WHERE seq = $1", &[&expected])?;
+        let row = conn.query_opt("SELECT entry FROM ledger_entries WHERE seq = $1", &[&expected])?;
         Ok(row.is_some_and(|r| r.get::<_, &[u8]>(0) == first.as_slice()))
     }
 }
@@ -310,12 +450,17 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         // Closing a client blocks on its runtime, so it must not happen on an async runtime's thread.
-        let clients: Vec<Client> =
-            [&self.writer, &self.reader, &self.listener].into_iter().filter_map(|slot| lock(slot).take()).collect();
+        let mut clients: Vec<Client> =
+            [&self.writer, &self.reader].into_iter().filter_map(|slot| lock(slot).take().map(|c| c.client)).collect();
+        clients.extend(lock(&self.listener).take());
         if !clients.is_empty() {
             off_runtime(move || drop(clients));
         }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hash_from(bytes: &[u8]) -> Result<Hash, StoreError> {
@@ -338,14 +483,17 @@ impl Store for PostgresStore {
         }
         // `unknown` is set once a try failed in a way that may have committed it.
         let mut unknown = false;
-        self.with_client(&self.writer, |client| {
+        self.with_client(&self.writer, |conn| {
             if unknown {
-                if Self::committed(client, batch)? {
+                if Self::committed(conn, batch)? {
                     return Ok(Ok(()));
                 }
                 unknown = false;
             }
-            match Self::try_append(client, batch) {
+            // Only the holder of the turn appends, so a replica that waited
+            // for it is not overtaken by one that signed without it.
+            self.take_turn_on(conn)?;
+            match self.try_append(conn, batch) {
                 Ok(Attempt::Done) => Ok(Ok(())),
                 Ok(Attempt::Refused(e)) => Ok(Err(e)),
                 Err(e) => {
@@ -404,7 +552,7 @@ impl Store for PostgresStore {
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         self.with_client(&self.writer, |c| {
-            c.execute(
+            c.client.execute(
                 // A note that extends the stored one (witness cosignatures appended) replaces it.
                 "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO UPDATE \
                  SET note = excluded.note WHERE length(excluded.note) > length(ledger_checkpoints.note) \
@@ -437,6 +585,27 @@ impl Store for PostgresStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn take_turn(&self) -> Result<bool, StoreError> {
+        self.with_client(&self.writer, |conn| self.take_turn_on(conn))
+    }
+
+    fn end_turn(&self) -> Result<(), StoreError> {
+        if !self.turn_held.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.with_client(&self.writer, |conn| {
+            if self.turn_held.load(Ordering::Acquire) {
+                conn.query("SELECT pg_advisory_unlock($1, $2)", &[&TURN_CLASS, &TURN_OBJECT])?;
+                self.turn_held.store(false, Ordering::Release);
+            }
+            Ok(())
+        })
+    }
+
+    fn turn_wanted(&self) -> bool {
+        self.turn_wanted.load(Ordering::Acquire)
     }
 
     fn wait_for_growth(&self, _size: u64, timeout: Duration) {
