@@ -1295,8 +1295,8 @@ class _ArgParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = _ArgParser(prog="portcullis_verify.py", description="Verify a Portcullis export "
-                    "(EXPORT_DIR), a tlog-proof file (proof FILE) or a report bundle (report BUNDLE), "
-                    "from FORMAT.md.")
+                    "(EXPORT_DIR), a tlog-proof file (proof FILE) or a report bundle "
+                    "(report BUNDLE), from FORMAT.md.")
     ap.json_mode = "--json" in argv
     ap.add_argument("target", nargs="+", help="EXPORT_DIR, or: proof FILE, or: report BUNDLE")
     ap.add_argument("--key", action="append", default=[], metavar="VKEY[@FROM-[TO]]")

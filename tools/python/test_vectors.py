@@ -510,6 +510,71 @@ class SpecExamplesTest(unittest.TestCase):
             self.assertRaises(ValueError, pv.b64decode, bad)
 
 
+
+class ReportBundleParts(unittest.TestCase):
+    """The pieces of report-bundle verification (FORMAT.md section 12) that the generated
+    bundle of tests/it/python_verifier.rs does not exercise one by one."""
+
+    MANIFEST = ("portcullis/report/v1\norigin o\nreport soc2\nfrom 2026-01-01T00:00:00.000000Z\n"
+                "to 2026-02-01T00:00:00.000000Z\nrevoke_sla_ms 1000\nentries 4 9\ncheckpoint 9\n"
+                "anchor none\nfile " + "a" * 64 + " checkpoint\nfile " + "b" * 64 + " entries\n"
+                "population grants every grant.activated event in the period\n")
+
+    def test_range_root_rebuilds_every_tree(self):
+        leaves = [pv.leaf_hash(bytes([i])) for i in range(24)]
+        for start in range(24):
+            left, pos = [], 0
+            for h in range(63, -1, -1):
+                if start >> h & 1:
+                    left.append(pv.mth(leaves, pos, pos + (1 << h)))
+                    pos += 1 << h
+            for end in range(start + 1, 25):
+                self.assertEqual(pv.range_root(start, left, leaves[start:end]),
+                                 pv.mth(leaves[:end]), (start, end))
+            if left:
+                self.assertRaises(ValueError, pv.range_root, start, left[:-1], leaves[start:])
+
+    def test_consistency_edge_cases(self):
+        a, b = pv.leaf_hash(b"a"), pv.leaf_hash(b"b")
+        root = pv.node_hash(a, b)
+        self.assertTrue(pv.verify_consistency(1, 2, [b], a, root))
+        self.assertTrue(pv.verify_consistency(2, 2, [], root, root))
+        self.assertFalse(pv.verify_consistency(2, 2, [b], root, root))
+        self.assertFalse(pv.verify_consistency(0, 2, [root], pv.mth([]), root))
+        self.assertFalse(pv.verify_consistency(2, 1, [b], root, a))
+
+    def test_manifest_parsing(self):
+        m = pv.parse_manifest(self.MANIFEST.encode())
+        self.assertEqual((m.origin, m.entries, m.checkpoint_size, m.anchor_size),
+                         ("o", (4, 9), 9, None))
+        self.assertEqual(m.populations, [("grants", "every grant.activated event in the period")])
+        bad = {
+            "unsorted": self.MANIFEST.replace(" checkpoint\n", " zz\n"),
+            "uppercase hash": self.MANIFEST.replace("a" * 64, "A" * 64),
+            "empty range": self.MANIFEST.replace("entries 4 9", "entries 9 9"),
+            "leading zero": self.MANIFEST.replace("checkpoint 9", "checkpoint 09"),
+            "file after population": self.MANIFEST + "file " + "c" * 64 + " proof\n",
+            "missing anchor line": self.MANIFEST.replace("anchor none\n", ""),
+            "unknown line": self.MANIFEST + "extra x\n",
+        }
+        for why, text in bad.items():
+            with self.assertRaises(ValueError, msg=why):
+                pv.parse_manifest(text.encode())
+
+    def test_proof_parsing(self):
+        h = pv.b64(bytes(32))
+        ok = f"portcullis/report-proof/v1\nstart 3\nend 5\nsize 9\nleft {h}\nleft {h}\nright {h}\n"
+        p = pv.parse_range_proof((ok + f"anchor-size 2\nanchor {h}\n").encode())
+        self.assertEqual((p.start, p.end, p.size, len(p.left), len(p.right)), (3, 5, 9, 2, 1))
+        self.assertEqual(p.anchor, (2, [bytes(32)]))
+        for bad in (ok + f"left {h}\n", ok + f"anchor {h}\n", ok[:-1], ok.replace(h, h[:-1], 1),
+                    ok.replace("end 5", "end 05")):
+            self.assertRaises(ValueError, pv.parse_range_proof, bad.encode())
+
+    def test_cli_usage_errors(self):
+        self.assertEqual(run("report", str(HERE / "nowhere"))[0], 2)
+        self.assertEqual(run("report", str(HERE), "--allow-partial")[0], 2)
+
 if __name__ == "__main__":
     os.chdir(HERE.parent.parent)
     unittest.main(verbosity=2)
