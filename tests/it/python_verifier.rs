@@ -8,13 +8,16 @@
 //!   verdict that differs from `schemas/testdata/verdicts.json`.
 //! - Its `report` mode verifies a bundle made by the real generator from a
 //!   small ledger with a key rotation inside the period, and names the check
-//!   that fails on a tampered entry, manifest, listed file and checkpoint.
+//!   that fails on a tampered entry, manifest, listed file and checkpoint, an
+//!   extra file, a wrong pinned key, and a missing or forked anchor.
 
 use portcullis::ledger::{Ledger, LedgerConfig};
 use portcullis::report::{ReportArgs, generate};
-use portcullis::store::Store;
 use portcullis::store::sqlite::SqliteStore;
+use portcullis::store::{NodeReader, Store};
+use portcullis_format::checkpoint::Checkpoint;
 use portcullis_format::event::{Actor, EventId};
+use portcullis_format::merkle::range_hash;
 use portcullis_format::note::SignerKey;
 use portcullis_format::time::Timestamp;
 use portcullis_projections::events::{Basis, GrantActivated, Payload, RequestCreated, RequestDecision, TargetData};
@@ -125,12 +128,13 @@ async fn pause() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 }
 
-/// Runs `portcullis_verify.py report DIR --key VKEY --json`; returns its exit
-/// code and JSON verdict.
-fn verify_with_python(dir: &Path, vkey: &str) -> (i32, serde_json::Value) {
+/// Runs `portcullis_verify.py report DIR --key VKEY --json [EXTRA...]`;
+/// returns its exit code and JSON verdict.
+fn verify_with_python(dir: &Path, vkey: &str, extra: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {
     let script = tools_python("portcullis_verify.py");
-    let args =
-        [script.as_os_str(), "report".as_ref(), dir.as_os_str(), "--key".as_ref(), vkey.as_ref(), "--json".as_ref()];
+    let mut args = vec![script.as_os_str(), "report".as_ref(), dir.as_os_str(), "--key".as_ref(), vkey.as_ref()];
+    args.push("--json".as_ref());
+    args.extend_from_slice(extra);
     let output = python(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let verdict = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -200,7 +204,7 @@ async fn independent_python_verifier_checks_a_generated_report_bundle() {
 
     // The bundle verifies with only the first key pinned: the rotation is followed.
     let pinned = key(1).verifier().to_string();
-    let (status, verdict) = verify_with_python(&bundle, &pinned);
+    let (status, verdict) = verify_with_python(&bundle, &pinned, &[]);
     assert_eq!(status, 0, "the Python verifier refused a generated bundle: {verdict}");
     assert_eq!(verdict["ok"], true);
     assert_eq!(verdict["size"], generated.checkpoint_size);
@@ -211,7 +215,7 @@ async fn independent_python_verifier_checks_a_generated_report_bundle() {
         let copy = dir.path().join(name);
         copy_dir(&bundle, &copy);
         change(&copy);
-        let (status, verdict) = verify_with_python(&copy, &pinned);
+        let (status, verdict) = verify_with_python(&copy, &pinned, &[]);
         assert_eq!((status, &verdict["ok"]), (1, &serde_json::json!(false)), "{name}: {verdict}");
         verdict
     };
@@ -241,8 +245,27 @@ async fn independent_python_verifier_checks_a_generated_report_bundle() {
     assert_eq!(check(&extra), ("layout".into(), file("populations/extra.csv")), "{extra}");
 
     // A key pinned for nothing here: no entry is signed by it.
-    let (status, verdict) = verify_with_python(&bundle, &key(9).verifier().to_string());
+    let (status, verdict) = verify_with_python(&bundle, &key(9).verifier().to_string(), &[]);
     assert_eq!((status, verdict["check"].as_str()), (1, Some("key-not-in-force")), "{verdict}");
+
+    // An anchor pinned before the period: the bundle generated with it carries the
+    // consistency proof, the plain one does not, and a forked anchor is caught.
+    let anchor_size = generated.first_seq;
+    let sign_anchor = |root| Checkpoint { origin: ORIGIN.into(), size: anchor_size, root }.sign(&key(1));
+    let anchor = sign_anchor(range_hash(&NodeReader(store.as_ref()), 0, anchor_size).unwrap());
+    let anchored = dir.path().join("anchored");
+    generate(store.as_ref(), &key(2), &ReportArgs { anchor: Some(anchor.clone()), ..args.clone() }, &anchored).unwrap();
+    let with_anchor = |bundle: &Path, note: &str, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, note).unwrap();
+        verify_with_python(bundle, &pinned, &["--anchor".as_ref(), path.as_os_str()])
+    };
+    let (status, verdict) = with_anchor(&anchored, &anchor, "anchor");
+    assert_eq!(status, 0, "{verdict}");
+    let (_, verdict) = with_anchor(&bundle, &anchor, "anchor");
+    assert_eq!(verdict["check"], "anchor", "{verdict}");
+    let (_, verdict) = with_anchor(&anchored, &sign_anchor([7u8; 32]), "forked");
+    assert_eq!(verdict["check"], "fork", "{verdict}");
 
     ledger.close().await;
     drop(ledger);
