@@ -181,20 +181,94 @@ pub fn generate(
     let checkpoint = SignedCheckpoint::parse(checkpoint_note.as_bytes())
         .map_err(|e| ReportError::Corrupt(format!("stored checkpoint of size {checkpoint_size}: {e}")))?;
 
-    let mut entries: Vec<Vec<u8>> = Vec::with_capacity((end_seq - first_seq) as usize);
-    while (entries.len() as u64) < end_seq - first_seq {
-        let from = first_seq + entries.len() as u64;
+    // Written beside the target, then renamed into place (onto an empty directory too).
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
+    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = write_bundle(
+        store,
+        signer,
+        args,
+        &staging,
+        out,
+        Period {
+            origin,
+            first_seq,
+            end_seq,
+            period_first,
+            period_end,
+            checkpoint_size,
+            checkpoint,
+            checkpoint_note,
+            anchor,
+        },
+    );
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// What `generate` settled before reading the period's entries.
+struct Period {
+    origin: String,
+    first_seq: u64,
+    end_seq: u64,
+    period_first: u64,
+    period_end: u64,
+    checkpoint_size: u64,
+    checkpoint: SignedCheckpoint,
+    checkpoint_note: String,
+    anchor: Option<u64>,
+}
+
+/// Streams the entries file into `staging` (the raw entries are never all in
+/// memory, only their parsed events), writes the other files, signs the
+/// manifest and renames `staging` to `out`.
+fn write_bundle(
+    store: &dyn Store,
+    signer: &SignerKey,
+    args: &ReportArgs,
+    staging: &Path,
+    out: &Path,
+    period: Period,
+) -> Result<Generated, ReportError> {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let Period {
+        origin,
+        first_seq,
+        end_seq,
+        period_first,
+        period_end,
+        checkpoint_size,
+        checkpoint,
+        checkpoint_note,
+        anchor,
+    } = period;
+    let reader = NodeReader(store);
+    std::fs::create_dir_all(staging).map_err(|source| ReportError::Write { path: staging.to_path_buf(), source })?;
+    let entries_path = staging.join(ENTRIES_FILE);
+    let io = |source| ReportError::Write { path: entries_path.clone(), source };
+    let mut entries_file =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&entries_path).map_err(io)?);
+    let mut entries_hash = sha2::Sha256::new();
+    let mut events: Vec<Event> = Vec::with_capacity((end_seq - first_seq) as usize);
+    while (events.len() as u64) < end_seq - first_seq {
+        let from = first_seq + events.len() as u64;
         let chunk = store.entries(from, (end_seq - from).min(4096))?;
         if chunk.is_empty() {
             return Err(ReportError::Corrupt(format!("entry {from} is missing")));
         }
-        entries.extend(chunk);
+        let encoded = bundle::encode_entries(chunk.iter().map(Vec::as_slice));
+        entries_hash.update(&encoded);
+        entries_file.write_all(&encoded).map_err(io)?;
+        for entry in &chunk {
+            events.push(ParsedEntry::parse(entry).map(|p| p.event).map_err(|e| ReportError::Corrupt(e.to_string()))?);
+        }
     }
-    let events = entries
-        .iter()
-        .map(|entry| ParsedEntry::parse(entry).map(|p| p.event))
-        .collect::<Result<Vec<Event>, _>>()
-        .map_err(|e| ReportError::Corrupt(e.to_string()))?;
+    entries_file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(io)?;
+    let entries_sha256: String = entries_hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
 
     let left = bundle::frontier_nodes(first_seq)
         .into_iter()
@@ -230,13 +304,15 @@ pub fn generate(
 
     let mut files: Vec<(String, Vec<u8>)> = vec![
         (CHECKPOINT_FILE.into(), checkpoint_note.into_bytes()),
-        (ENTRIES_FILE.into(), bundle::encode_entries(entries.iter().map(Vec::as_slice))),
         (PROOF_FILE.into(), proof.encode().into_bytes()),
         (JSON_FILE.into(), json::render(&report).into_bytes()),
         (HTML_FILE.into(), html::render(&report).into_bytes()),
     ];
     files.extend(report.populations.iter().map(|p| (p.file(), csv::population(p).into_bytes())));
-    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hashes: Vec<(String, String)> =
+        files.iter().map(|(path, bytes)| (bundle::sha256_hex(bytes), path.clone())).collect();
+    hashes.push((entries_sha256, ENTRIES_FILE.into()));
+    hashes.sort_by(|a, b| a.1.cmp(&b.1));
     let manifest = Manifest {
         origin: origin.clone(),
         report: "soc2".into(),
@@ -247,24 +323,15 @@ pub fn generate(
         end_seq,
         checkpoint_size,
         anchor_size: anchor,
-        files: files.iter().map(|(path, bytes)| (bundle::sha256_hex(bytes), path.clone())).collect(),
+        files: hashes,
         populations: report.populations.iter().map(|p| (p.name.to_string(), p.definition.to_string())).collect(),
     };
     let text = manifest.text();
     let manifest_note = note::assemble(&text, &[signer.sign(text.as_bytes())]);
     files.push((MANIFEST_FILE.into(), manifest_note.clone().into_bytes()));
 
-    // Written beside the target, then renamed into place (onto an empty directory too).
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
-    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let written = files.iter().try_for_each(|(path, bytes)| write(&staging, path, bytes)).and_then(|()| {
-        std::fs::rename(&staging, out).map_err(|source| ReportError::Write { path: out.to_path_buf(), source })
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
+    files.iter().try_for_each(|(path, bytes)| write(staging, path, bytes))?;
+    std::fs::rename(staging, out).map_err(|source| ReportError::Write { path: out.to_path_buf(), source })?;
     Ok(Generated {
         dir: out.to_path_buf(),
         manifest_sha256: bundle::sha256_hex(manifest_note.as_bytes()),

@@ -245,7 +245,7 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, population: &'static str, seq: u64, cells: Vec<String>) {
-        self.rows.entry(population).or_default().push(Row { seq, cells });
+        self.rows.entry(population).or_default().push(Row::new(seq, cells.iter().map(String::as_str)));
     }
 }
 

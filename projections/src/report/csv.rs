@@ -30,8 +30,10 @@ pub fn record<'a>(fields: impl IntoIterator<Item = &'a str>, out: &mut String) {
 pub fn population(population: &Population) -> String {
     let mut out = String::new();
     record(population.columns.iter().copied(), &mut out);
+    out.reserve(population.rows.iter().map(|r| r.record.len() + 2).sum());
     for row in &population.rows {
-        record(row.cells.iter().map(String::as_str), &mut out);
+        out.push_str(&row.record);
+        out.push_str("\r\n");
     }
     out
 }

@@ -65,7 +65,20 @@ impl LedgerFacts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
     pub seq: u64,
-    pub cells: Vec<String>,
+    /// The row's CSV record, its fields encoded as in [`csv::record`] without
+    /// the line end (one allocation per row: a report over a million entries
+    /// holds about a million rows).
+    pub record: Box<str>,
+}
+
+impl Row {
+    /// The row of `cells`.
+    pub fn new<'a>(seq: u64, cells: impl IntoIterator<Item = &'a str>) -> Row {
+        let mut record = String::new();
+        csv::record(cells, &mut record);
+        record.truncate(record.len() - 2);
+        Row { seq, record: record.into_boxed_str() }
+    }
 }
 
 /// A population: every event of one sort in the period, by its exact definition.
