@@ -176,7 +176,8 @@ fn walk_entries(entries: &[&[u8]], origin: &str, keys: &KeySet) -> Result<Walked
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        // A worker's panic is the verifier's: never a shorter list of entries.
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     });
     walked.events.reserve(entries.len());
     walked.leaves.reserve(entries.len());
