@@ -650,17 +650,35 @@ impl Sequencer {
         if !self.store.shared() {
             return;
         }
-        if self.store.turn_wanted() {
-            self.end_turn(writer);
+        let pass = self.store.turn_wanted();
+        if !pass && self.store.holds_turn() {
+            return;
         }
-        match self.store.take_turn() {
-            Ok(false) => {}
-            Ok(true) => {
-                // Taken now: others may have appended since this replica's last
-                // commit. Let the batches in flight finish, then catch up.
-                self.sync(writer);
-                self.follow_store();
+        // What is in flight commits first (under the turn still held, if it is),
+        // so the state is the durable one the store's entries continue.
+        self.sync(writer);
+        match self.store.take_turn(self.state.frontier.size(), pass) {
+            Ok(None) => {}
+            Ok(Some(entries)) if self.synced() => {
+                let complete = (entries.len() as u64) < crate::store::TURN_ENTRIES;
+                let mut state = self.state.clone();
+                match open::add_entries(&self.signer, &mut state, entries) {
+                    Ok(()) => {
+                        self.state = state;
+                        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+                        self.publish_head();
+                        if !complete {
+                            self.follow_store();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("catching up with the ledger store: {e}");
+                        self.follow_store();
+                    }
+                }
             }
+            // Not synced: the next sync reloads the state from the store.
+            Ok(Some(_)) => {}
             // Appends stay safe without the turn (the store checks the expected position).
             Err(e) => tracing::warn!("taking the writers' turn: {e}"),
         }

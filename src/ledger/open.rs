@@ -169,40 +169,47 @@ pub(crate) fn check_and_load(store: &dyn Store, signer: &SignerKey) -> Result<St
 /// another writer rotated the key (this process must restart with the new one).
 pub(crate) fn catch_up(store: &dyn Store, signer: &SignerKey, state: &mut State) -> Result<(), TailCheckError> {
     let size = store.size()?;
-    let origin = signer.name();
     while state.frontier.size() < size {
         let from = state.frontier.size();
         let entries = store.entries(from, (size - from).min(4096))?;
         if entries.is_empty() {
             return Err(TailCheckError::Entry { seq: from, reason: "missing from the store".into() });
         }
-        let last = entries.len() - 1;
-        for (i, entry) in entries.into_iter().enumerate() {
-            let seq = state.frontier.size();
-            let bad = |reason: String| TailCheckError::Entry { seq, reason };
-            let parsed = ParsedEntry::parse(&entry).map_err(|e| bad(e.to_string()))?;
-            let event = &parsed.event;
-            if event.seq != seq || event.log != origin {
-                return Err(bad(format!("entry says seq {} of log {:?}", event.seq, event.log)));
-            }
-            if event.prev != state.prev {
-                return Err(bad("prev is not the leaf hash of the previous entry".into()));
-            }
-            if event.ts < state.last_ts {
-                return Err(bad("timestamp is earlier than the previous entry's".into()));
-            }
-            if parsed.new_key.is_some() {
-                let in_force = parsed.new_key.as_ref().map(ToString::to_string).unwrap_or_default();
-                return Err(TailCheckError::WrongKey { in_force, loaded: signer.verifier().to_string() });
-            }
-            if i == last && !signer.verifier().verify(&entry[..parsed.text_len], &parsed.signatures[0]) {
-                return Err(bad(format!("signature by the key in force {} does not verify", signer.verifier())));
-            }
-            let leaf = leaf_hash(&entry);
-            state.frontier.push(leaf, |_, _, _| {});
-            state.prev = leaf;
-            state.last_ts = event.ts;
+        add_entries(signer, state, entries)?;
+    }
+    Ok(())
+}
+
+/// Adds consecutive entries, read from the store from `state`'s size on, to
+/// `state`, checked as [`catch_up`] describes (the signature of the last one).
+pub(crate) fn add_entries(signer: &SignerKey, state: &mut State, entries: Vec<Vec<u8>>) -> Result<(), TailCheckError> {
+    let origin = signer.name();
+    let last = entries.len().saturating_sub(1);
+    for (i, entry) in entries.into_iter().enumerate() {
+        let seq = state.frontier.size();
+        let bad = |reason: String| TailCheckError::Entry { seq, reason };
+        let parsed = ParsedEntry::parse(&entry).map_err(|e| bad(e.to_string()))?;
+        let event = &parsed.event;
+        if event.seq != seq || event.log != origin {
+            return Err(bad(format!("entry says seq {} of log {:?}", event.seq, event.log)));
         }
+        if event.prev != state.prev {
+            return Err(bad("prev is not the leaf hash of the previous entry".into()));
+        }
+        if event.ts < state.last_ts {
+            return Err(bad("timestamp is earlier than the previous entry's".into()));
+        }
+        if parsed.new_key.is_some() {
+            let in_force = parsed.new_key.as_ref().map(ToString::to_string).unwrap_or_default();
+            return Err(TailCheckError::WrongKey { in_force, loaded: signer.verifier().to_string() });
+        }
+        if i == last && !signer.verifier().verify(&entry[..parsed.text_len], &parsed.signatures[0]) {
+            return Err(bad(format!("signature by the key in force {} does not verify", signer.verifier())));
+        }
+        let leaf = leaf_hash(&entry);
+        state.frontier.push(leaf, |_, _, _| {});
+        state.prev = leaf;
+        state.last_ts = event.ts;
     }
     Ok(())
 }

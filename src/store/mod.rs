@@ -17,6 +17,9 @@ use portcullis_format::merkle::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The most entries [`Store::take_turn`] returns.
+pub const TURN_ENTRIES: u64 = 4096;
+
 /// One append: entries starting at `expected_size`, the full nodes they complete,
 /// and (for a key rotation) the new key in force from a sequence number.
 #[derive(Debug, Default)]
@@ -97,12 +100,22 @@ pub trait Store: Send + Sync {
     /// (first come, first served) until no other writer holds it, and keeps
     /// it until [`Store::end_turn`]. While it is held no other writer
     /// appends, so a batch signed on the store's head is appended as signed.
-    /// Returns whether it was taken by this call (the head may have moved
-    /// since this writer last appended); `false` when it was already held,
-    /// or could not be had in time (appends stay safe without it: the
-    /// expected position decides). Single-writer stores: always `false`.
-    fn take_turn(&self) -> Result<bool, StoreError> {
-        Ok(false)
+    /// With `pass`, a turn held is given up first and queued for again, so a
+    /// writer waiting for it goes first.
+    ///
+    /// Returns `Some(entries)` when the turn was taken by this call: the
+    /// entries from `from` on (at most [`TURN_ENTRIES`]; more are read with
+    /// [`Store::entries`]), what others appended while this writer had not the
+    /// turn, read in the same round trip. `None` when it was already held, or
+    /// could not be had in time (appends stay safe without it: the expected
+    /// position decides). Single-writer stores: always `None`.
+    fn take_turn(&self, from: u64, pass: bool) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let _ = (from, pass);
+        Ok(None)
+    }
+    /// Whether this writer holds the turn (single-writer stores: always).
+    fn holds_turn(&self) -> bool {
+        true
     }
     /// Gives the turn up (a no-op when it is not held).
     fn end_turn(&self) -> Result<(), StoreError> {

@@ -59,7 +59,9 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
 /// SQLSTATE `PCDUP` (the id in hex as the detail, nothing written), inserts
 /// everything, moves the head, notifies, and says whether another session
 /// waits for the turn (the advisory lock `(turn_class, turn_object)`, see
-/// [`TURN_CLASS`]). `portcullis_take_turn` waits for that lock at most `wait_ms`.
+/// [`TURN_CLASS`]). `portcullis_take_turn` gives the turn up first when
+/// `pass`, waits for it at most `wait_ms`, and returns the entries from
+/// `known` on: one round trip from the turn to catching up.
 const APPEND_FUNCTIONS: &str = "
 CREATE FUNCTION portcullis_append(expected BIGINT, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
                                   node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
@@ -101,11 +103,17 @@ BEGIN
           AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
 END $$;
 
-CREATE FUNCTION portcullis_take_turn(turn_class INT, turn_object INT, wait_ms INT) RETURNS VOID
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION portcullis_take_turn(turn_class INT, turn_object INT, wait_ms INT, pass BOOLEAN,
+                                     known BIGINT, max_entries INT)
+RETURNS TABLE (entry_seq BIGINT, entry_bytes BYTEA) LANGUAGE plpgsql AS $$
 BEGIN
+    IF pass THEN
+        PERFORM pg_advisory_unlock(turn_class, turn_object);
+    END IF;
     PERFORM set_config('lock_timeout', wait_ms::text, true);
     PERFORM pg_advisory_lock(turn_class, turn_object);
+    -- A statement of its own, so a snapshot taken after the lock: every append before it.
+    RETURN QUERY SELECT e.seq, e.entry FROM ledger_entries e WHERE e.seq >= known ORDER BY e.seq LIMIT max_entries;
 END $$;
 ";
 
@@ -372,24 +380,40 @@ impl PostgresStore {
         **guard = None;
     }
 
-    /// Takes the writers' turn on the writer connection unless it holds it:
-    /// waits (in the server's queue, first come first served) at most
-    /// [`TURN_WAIT`]. Returns whether it was taken now; `false` also when
-    /// the wait timed out, and the append goes ahead without it.
-    fn take_turn_on(&self, conn: &mut Conn) -> Result<bool, postgres::Error> {
-        if self.turn_held.load(Ordering::Acquire) {
-            return Ok(false);
+    /// Takes the writers' turn on the writer connection unless it holds it
+    /// (see [`Store::take_turn`]): waits (in the server's queue, first come
+    /// first served) at most [`TURN_WAIT`]. `None` also when the wait timed
+    /// out, and the append goes ahead without it.
+    fn take_turn_on(&self, conn: &mut Conn, from: u64, pass: bool) -> Result<Option<Vec<Vec<u8>>>, postgres::Error> {
+        let held = self.turn_held.load(Ordering::Acquire);
+        if held && !pass {
+            return Ok(None);
         }
+        let pass = held && pass;
+        // From here the turn is not held, whatever the outcome (an unlock is not transactional).
+        self.turn_held.store(false, Ordering::Release);
         let wait_ms = TURN_WAIT.as_millis() as i32;
-        match conn.query("SELECT portcullis_take_turn($1, $2, $3)", &[&TURN_CLASS, &TURN_OBJECT, &wait_ms]) {
-            Ok(_) => {
+        let (from, limit) = (from as i64, crate::store::TURN_ENTRIES as i32);
+        match conn.query(
+            "SELECT entry_seq, entry_bytes FROM portcullis_take_turn($1, $2, $3, $4, $5, $6)",
+            &[&TURN_CLASS, &TURN_OBJECT, &wait_ms, &pass, &from, &limit],
+        ) {
+            Ok(rows) => {
                 self.turn_held.store(true, Ordering::Release);
                 self.turn_wanted.store(false, Ordering::Release);
-                Ok(true)
+                let mut entries = Vec::with_capacity(rows.len());
+                for (i, row) in rows.iter().enumerate() {
+                    if row.get::<_, i64>(0) != from + i as i64 {
+                        // A gap: leave it to the caller's reads, which name the missing entry.
+                        break;
+                    }
+                    entries.push(row.get::<_, Vec<u8>>(1));
+                }
+                Ok(Some(entries))
             }
             Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 tracing::warn!("ledger store {}: another writer kept the turn for {TURN_WAIT:?}", self.url);
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }
@@ -492,7 +516,7 @@ impl Store for PostgresStore {
             }
             // Only the holder of the turn appends, so a replica that waited
             // for it is not overtaken by one that signed without it.
-            self.take_turn_on(conn)?;
+            self.take_turn_on(conn, batch.expected_size, false)?;
             match self.try_append(conn, batch) {
                 Ok(Attempt::Done) => Ok(Ok(())),
                 Ok(Attempt::Refused(e)) => Ok(Err(e)),
@@ -587,8 +611,12 @@ impl Store for PostgresStore {
         true
     }
 
-    fn take_turn(&self) -> Result<bool, StoreError> {
-        self.with_client(&self.writer, |conn| self.take_turn_on(conn))
+    fn take_turn(&self, from: u64, pass: bool) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        self.with_client(&self.writer, |conn| self.take_turn_on(conn, from, pass))
+    }
+
+    fn holds_turn(&self) -> bool {
+        self.turn_held.load(Ordering::Acquire)
     }
 
     fn end_turn(&self) -> Result<(), StoreError> {
