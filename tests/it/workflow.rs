@@ -464,6 +464,12 @@ async fn webhooks_deliver_signed_events_and_resume_from_their_cursor() {
     assert_eq!(headers["x-portcullis-signature"].to_str().unwrap(), portcullis::notify::signature(secret, body));
     let payload: Value = serde_json::from_slice(body).unwrap();
     assert_eq!(payload["event"]["data"]["reason"], "INC-4711: fix the TLS host");
+    // The cursor is written after the delivery is taken: wait for it.
+    let mut waited = 0;
+    while std::fs::read_to_string(&cursor).map(|c| c.trim().to_string()).unwrap_or_default() != "3" && waited < 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
     assert_eq!(std::fs::read_to_string(&cursor).unwrap().trim(), "3");
     notifier.abort();
     server.abort();
