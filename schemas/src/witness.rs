@@ -22,7 +22,7 @@ pub const ALG_COSIGNATURE_V1: u8 = 0x04;
 /// The most consistency-proof lines an `add-checkpoint` request may carry.
 pub const MAX_PROOF_LINES: usize = 63;
 
-/// The key ID of a cosigner: SHA-256(name || "\n" || 0x04 || key)[:4].
+/// The key ID of a cosigner: `SHA-256(name || "\n" || 0x04 || key)[:4]`.
 pub fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     let digest = Sha256::new()
         .chain_update(name.as_bytes())
