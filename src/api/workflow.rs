@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use portcullis_format::event::{Actor, EventId};
 use portcullis_format::time::Timestamp;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -107,76 +107,123 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::Unprocessable { field: "body".into(), reason: e.to_string() })
 }
 
-fn approval(a: &Approval) -> Value {
-    json!({"by": &*a.by, "at": a.at.to_string(), "comment": a.comment})
-}
-
-fn target_view(t: &Target) -> Value {
-    json!({
-        "cluster": t.cluster, "namespace": t.namespace, "kind": t.kind, "access": t.access,
-        "names": t.names,
-    })
-}
-
 fn request_view(r: &Request) -> Value {
     json!({
         "id": r.id.to_string(),
         "status": r.status.as_str(),
         "requester": {"sub": r.requester.sub, "groups": r.requester.groups},
         "created_at": r.created_at.to_string(),
-        "target": target_view(&r.target),
+        "target": TargetView::from(&*r.target),
         "duration": r.duration.to_string(),
         "reason": r.reason,
         "ticket": r.ticket,
         "break_glass": r.break_glass,
         "approvals_needed": r.approvals_needed,
-        "approvals": r.approvals.iter().map(approval).collect::<Vec<_>>(),
+        "approvals": r.approvals.iter().map(ApprovalView::from).collect::<Vec<_>>(),
         "pending_expires_at": r.pending_expires_at.to_string(),
         "rule": r.basis.rule,
         "policy_hash": r.basis.policy_hash,
         "grant_id": r.grant.map(|g| g.to_string()),
-        "closed": r.closed.as_ref().map(approval),
+        "closed": r.closed.as_ref().map(ApprovalView::from),
         "seq": r.seq,
     })
 }
 
-fn rbac_view(rules: &[RbacRule]) -> Value {
-    serde_json::to_value(rules).unwrap_or(Value::Null)
+/// A grant as the API shows it, serialized directly (no intermediate
+/// `serde_json::Value` tree: the active-grants listing is a hot path). Fields
+/// are in alphabetical order, as the value trees wrote them.
+#[derive(Serialize)]
+struct GrantView<'a> {
+    approvers: &'a [String],
+    break_glass: bool,
+    ended: Option<ApprovalView<'a>>,
+    expires_at: String,
+    extensions: Vec<ExtensionView<'a>>,
+    id: String,
+    policy_hash: &'a str,
+    rbac: &'a [RbacRule],
+    request_id: String,
+    requester: &'a str,
+    review_due: Option<String>,
+    reviewed: Option<ApprovalView<'a>>,
+    rule: &'a str,
+    seq: u64,
+    starts_at: String,
+    status: &'static str,
+    target: TargetView<'a>,
 }
 
-fn grant_view(state: &State, g: &Grant) -> Value {
-    let extensions: Vec<Value> = g
+#[derive(Serialize)]
+struct ApprovalView<'a> {
+    at: String,
+    by: &'a str,
+    comment: Option<&'a str>,
+}
+
+impl<'a> From<&'a Approval> for ApprovalView<'a> {
+    fn from(a: &'a Approval) -> Self {
+        ApprovalView { at: a.at.to_string(), by: &a.by, comment: a.comment.as_deref() }
+    }
+}
+
+#[derive(Serialize)]
+struct TargetView<'a> {
+    access: Access,
+    cluster: &'a Name,
+    kind: Kind,
+    names: &'a [Name],
+    namespace: &'a Name,
+}
+
+impl<'a> From<&'a Target> for TargetView<'a> {
+    fn from(t: &'a Target) -> Self {
+        TargetView { access: t.access, cluster: &t.cluster, kind: t.kind, names: &t.names, namespace: &t.namespace }
+    }
+}
+
+#[derive(Serialize)]
+struct ExtensionView<'a> {
+    approvals: Vec<ApprovalView<'a>>,
+    approvals_needed: u32,
+    duration: String,
+    id: String,
+    reason: &'a str,
+    status: String,
+}
+
+fn grant_view<'a>(state: &'a State, g: &'a Grant) -> GrantView<'a> {
+    let extensions = g
         .extensions
         .iter()
         .filter_map(|id| state.extensions.get(id))
-        .map(|x| {
-            json!({
-                "id": x.id.to_string(), "duration": x.duration.to_string(), "reason": x.reason,
-                "status": format!("{:?}", x.status).to_lowercase(),
-                "approvals_needed": x.approvals_needed,
-                "approvals": x.approvals.iter().map(approval).collect::<Vec<_>>(),
-            })
+        .map(|x| ExtensionView {
+            approvals: x.approvals.iter().map(ApprovalView::from).collect(),
+            approvals_needed: x.approvals_needed,
+            duration: x.duration.to_string(),
+            id: x.id.to_string(),
+            reason: &x.reason,
+            status: format!("{:?}", x.status).to_lowercase(),
         })
         .collect();
-    json!({
-        "id": g.id.to_string(),
-        "request_id": g.request_id.to_string(),
-        "status": g.status.as_str(),
-        "requester": g.requester,
-        "target": target_view(&g.target),
-        "starts_at": g.starts_at.to_string(),
-        "expires_at": g.expires_at.to_string(),
-        "approvers": g.approvers,
-        "break_glass": g.break_glass,
-        "review_due": g.review_due.map(|t| t.to_string()),
-        "reviewed": g.reviewed.as_ref().map(approval),
-        "rbac": rbac_view(&g.rbac),
-        "rule": g.basis.rule,
-        "policy_hash": g.basis.policy_hash,
-        "ended": g.ended.as_ref().map(approval),
-        "extensions": extensions,
-        "seq": g.seq,
-    })
+    GrantView {
+        approvers: &g.approvers,
+        break_glass: g.break_glass,
+        ended: g.ended.as_ref().map(ApprovalView::from),
+        expires_at: g.expires_at.to_string(),
+        extensions,
+        id: g.id.to_string(),
+        policy_hash: &g.basis.policy_hash,
+        rbac: &g.rbac,
+        request_id: g.request_id.to_string(),
+        requester: &g.requester,
+        review_due: g.review_due.map(|t| t.to_string()),
+        reviewed: g.reviewed.as_ref().map(ApprovalView::from),
+        rule: &g.basis.rule,
+        seq: g.seq,
+        starts_at: g.starts_at.to_string(),
+        status: g.status.as_str(),
+        target: TargetView::from(&g.target),
+    }
 }
 
 async fn whoami(AxumState(state): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -296,9 +343,16 @@ fn first_by_seq<'a, T>(items: impl Iterator<Item = &'a T>, seq: impl Fn(&T) -> u
     items
 }
 
-fn page(items: Vec<(u64, Value)>, limit: usize) -> Value {
-    let next = (items.len() > limit).then(|| items[limit].0.to_string());
-    json!({"items": items.into_iter().take(limit).map(|(_, v)| v).collect::<Vec<_>>(), "next_cursor": next})
+/// A page of a listing: up to `limit` items and the cursor of the next one.
+#[derive(Serialize)]
+struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+fn page<T>(items: Vec<(u64, T)>, limit: usize) -> Page<T> {
+    let next_cursor = (items.len() > limit).then(|| items[limit].0.to_string());
+    Page { items: items.into_iter().take(limit).map(|(_, v)| v).collect(), next_cursor }
 }
 
 async fn list_requests(
@@ -603,7 +657,7 @@ async fn access(AxumState(state): Shared, headers: HeaderMap, RawQuery(raw): Raw
         .map(|g| {
             json!({
                 "grant_id": g.id.to_string(), "requester": g.requester, "access": g.target.access,
-                "expires_at": g.expires_at.to_string(), "rbac": rbac_view(&g.rbac),
+                "expires_at": g.expires_at.to_string(), "rbac": &g.rbac,
             })
         })
         .collect();

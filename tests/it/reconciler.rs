@@ -642,7 +642,11 @@ async fn credential_mode_hands_a_grant_token_out_once_and_revocation_kills_it() 
     .await;
     let accounts =
         Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(cluster.admin.clone(), &cluster.namespace);
-    assert!(accounts.get_opt(&name).await.unwrap().is_none());
+    // The binding goes first (403), then the ServiceAccount with every token of it.
+    eventually(Duration::from_secs(5), "the ServiceAccount deleted", || async {
+        accounts.get_opt(&name).await.unwrap().is_none()
+    })
+    .await;
     // The ledger records that the credential was taken, never the token.
     let head = service.ledger.head().size;
     let entries = service.ledger.entries(0, head).await.unwrap();
