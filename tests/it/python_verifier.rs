@@ -11,17 +11,15 @@
 //!   that fails on a tampered entry, manifest, listed file and checkpoint, an
 //!   extra file, a wrong pinned key, and a missing or forked anchor.
 
+use crate::report::{Builder, pause, person};
 use portcullis::ledger::{Ledger, LedgerConfig};
 use portcullis::report::{ReportArgs, generate};
 use portcullis::store::sqlite::SqliteStore;
 use portcullis::store::{NodeReader, Store};
 use portcullis_format::checkpoint::Checkpoint;
-use portcullis_format::event::{Actor, EventId};
 use portcullis_format::merkle::range_hash;
 use portcullis_format::note::SignerKey;
 use portcullis_format::time::Timestamp;
-use portcullis_projections::events::{Basis, GrantActivated, Payload, RequestCreated, RequestDecision, TargetData};
-use portcullis_projections::types::{Access, Kind};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -66,68 +64,6 @@ fn key(seed: u8) -> SignerKey {
     SignerKey::from_seed(ORIGIN, &[seed; 32]).unwrap()
 }
 
-fn person(sub: &str) -> Actor {
-    Actor { sub: sub.into(), groups: vec!["web".into()], via: "token".into() }
-}
-
-fn basis() -> Basis {
-    Basis { rule: "web-edit".into(), policy_hash: "ab".repeat(32) }
-}
-
-fn target() -> TargetData {
-    TargetData {
-        cluster: "prod".into(),
-        namespace: "shop".into(),
-        kind: Kind::Ingresses,
-        names: vec!["storefront".into()],
-        access: Access::Edit,
-    }
-}
-
-async fn append(ledger: &Ledger, actor: &str, payload: Payload) -> String {
-    let id = EventId::random().unwrap();
-    ledger.append(payload.to_draft(id, &person(actor))).await.unwrap();
-    id.to_string()
-}
-
-async fn request(ledger: &Ledger, requester: &str) -> String {
-    let created = RequestCreated {
-        target: target(),
-        duration_secs: 1800,
-        reason: "INC-1: fix the storefront".into(),
-        ticket: Some("INC-1".into()),
-        break_glass: false,
-        approvals_needed: 1,
-        pending_expires_at: "2099-01-01T00:00:00.000000Z".into(),
-        basis: basis(),
-    };
-    append(ledger, requester, Payload::RequestCreated(created)).await
-}
-
-async fn approve_and_grant(ledger: &Ledger, request: &str, requester: &str, approver: &str) {
-    let decision = RequestDecision { request_id: request.into(), comment: Some("ok".into()), basis: basis() };
-    append(ledger, approver, Payload::RequestApproved(decision)).await;
-    let grant = GrantActivated {
-        request_id: request.into(),
-        requester: requester.into(),
-        target: target(),
-        starts_at: Timestamp::now().to_string(),
-        expires_at: "2099-01-01T00:30:00.000000Z".into(),
-        approvers: vec![approver.into()],
-        break_glass: false,
-        review_due: None,
-        rbac: portcullis_projections::rbac::effective_rules(&target().to_target().unwrap()),
-        basis: basis(),
-        credential: None,
-        notify: Vec::new(),
-    };
-    append(ledger, "system:portcullis", Payload::GrantActivated(grant)).await;
-}
-
-async fn pause() {
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-}
-
 /// Runs `portcullis_verify.py report DIR --key VKEY --json [EXTRA...]`;
 /// returns its exit code and JSON verdict.
 fn verify_with_python(dir: &Path, vkey: &str, extra: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {
@@ -146,19 +82,6 @@ fn verify_with_python(dir: &Path, vkey: &str, extra: &[&std::ffi::OsStr]) -> (i3
     (output.status.code().unwrap_or(-1), verdict)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 /// Replaces the first `old` in `file` by `new` (same length or not).
 fn replace_in(dir: &Path, file: &str, old: &[u8], new: &[u8]) {
     let path = dir.join(file);
@@ -173,22 +96,31 @@ async fn independent_python_verifier_checks_a_generated_report_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("ledger.db")).unwrap());
     let (ledger, thread) = Ledger::open(Arc::clone(&store), key(1), LedgerConfig::default()).unwrap();
+    let events = Builder { ledger: ledger.clone() };
+    let request = |requester: &'static str| events.request(requester, "storefront", 1, false);
+    let approve_and_grant = |request: String, requester: &'static str, approver: &'static str| {
+        let events = &events;
+        async move {
+            events.approve(approver, &request).await;
+            events.grant(&request, requester, &[approver], false).await;
+        }
+    };
 
     // Before the period, inside it (with a key rotation and a self-approval), after it.
-    request(&ledger, "erin").await;
+    request("erin").await;
     pause().await;
     let from = Timestamp::now();
     pause().await;
-    let r1 = request(&ledger, "alice").await;
-    approve_and_grant(&ledger, &r1, "alice", "lead1").await;
+    let r1 = request("alice").await;
+    approve_and_grant(r1, "alice", "lead1").await;
     ledger.rotate_key(key(2), person("admin1")).await.unwrap();
-    let r2 = request(&ledger, "bob").await;
-    approve_and_grant(&ledger, &r2, "bob", "bob").await;
+    let r2 = request("bob").await;
+    approve_and_grant(r2, "bob", "bob").await;
     pause().await;
     let to = Timestamp::now();
     pause().await;
-    request(&ledger, "gina").await;
-    request(&ledger, "hank").await;
+    request("gina").await;
+    request("hank").await;
     ledger.checkpoint().await.unwrap();
 
     let bundle = dir.path().join("bundle");
@@ -198,7 +130,7 @@ async fn independent_python_verifier_checks_a_generated_report_bundle() {
     assert!(generated.first_seq > 0, "the bundle starts after entry 0, so the proof has left hashes");
 
     // A later checkpoint, by the new key, to swap in.
-    request(&ledger, "ivan").await;
+    request("ivan").await;
     ledger.checkpoint().await.unwrap();
     let later = store.latest_checkpoint().unwrap().unwrap().1;
 
@@ -213,7 +145,7 @@ async fn independent_python_verifier_checks_a_generated_report_bundle() {
     // Each tampering fails with the check that catches it, and exit status 1.
     let tampered = |name: &str, change: &dyn Fn(&Path)| -> serde_json::Value {
         let copy = dir.path().join(name);
-        copy_dir(&bundle, &copy);
+        crate::report::copy(&bundle, &copy);
         change(&copy);
         let (status, verdict) = verify_with_python(&copy, &pinned, &[]);
         assert_eq!((status, &verdict["ok"]), (1, &serde_json::json!(false)), "{name}: {verdict}");

@@ -29,7 +29,7 @@ fn key(seed: u8) -> SignerKey {
     SignerKey::from_seed(ORIGIN, &[seed; 32]).unwrap()
 }
 
-fn person(sub: &str) -> Actor {
+pub(crate) fn person(sub: &str) -> Actor {
     Actor { sub: sub.into(), groups: vec!["web".into()], via: "token".into() }
 }
 
@@ -47,8 +47,9 @@ fn target(name: &str) -> TargetData {
     }
 }
 
-struct Builder {
-    ledger: Ledger,
+/// Appends workflow events and observations to a ledger (also used by `python_verifier`).
+pub(crate) struct Builder {
+    pub(crate) ledger: Ledger,
 }
 
 impl Builder {
@@ -63,7 +64,7 @@ impl Builder {
         self.ledger.append(draft).await.unwrap();
     }
 
-    async fn request(&self, requester: &str, name: &str, approvals: u32, break_glass: bool) -> String {
+    pub(crate) async fn request(&self, requester: &str, name: &str, approvals: u32, break_glass: bool) -> String {
         self.payload(
             requester,
             Payload::RequestCreated(RequestCreated {
@@ -80,12 +81,12 @@ impl Builder {
         .await
     }
 
-    async fn approve(&self, approver: &str, request: &str) {
+    pub(crate) async fn approve(&self, approver: &str, request: &str) {
         let decision = RequestDecision { request_id: request.into(), comment: Some("ok".into()), basis: basis() };
         self.payload(approver, Payload::RequestApproved(decision)).await;
     }
 
-    async fn grant(&self, request: &str, requester: &str, approvers: &[&str], break_glass: bool) -> String {
+    pub(crate) async fn grant(&self, request: &str, requester: &str, approvers: &[&str], break_glass: bool) -> String {
         self.payload(
             "system:portcullis",
             Payload::GrantActivated(GrantActivated {
@@ -154,7 +155,7 @@ struct Fixture {
     args: ReportArgs,
 }
 
-async fn pause() {
+pub(crate) async fn pause() {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 }
 
@@ -326,7 +327,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn copy(from: &Path, to: &Path) {
+pub(crate) fn copy(from: &Path, to: &Path) {
     for (name, bytes) in files(from) {
         let path = to.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
