@@ -30,7 +30,7 @@ use portcullis_format::time::Timestamp;
 use portcullis_projections::report::bundle::{
     self, CHECKPOINT_FILE, ENTRIES_FILE, HTML_FILE, JSON_FILE, MANIFEST_FILE, Manifest, PROOF_FILE, RangeProof,
 };
-use portcullis_projections::report::{KIND_REPORT_GENERATED, LedgerFacts, Settings, compute, csv, html, json};
+use portcullis_projections::report::{KIND_REPORT_GENERATED, LedgerFacts, RowSink, Settings, compute, csv, html, json};
 use std::path::{Path, PathBuf};
 
 /// The revocation SLA when the reconciler's `revoke_sla_ms` is not configured.
@@ -222,9 +222,67 @@ struct Period {
     anchor: Option<u64>,
 }
 
-/// Streams the entries file into `staging` (the raw entries are never all in
-/// memory, only their parsed events), writes the other files, signs the
-/// manifest and renames `staging` to `out`.
+/// A bundle file written through a buffer and hashed as it is written.
+struct HashedFile {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    hash: sha2::Sha256,
+}
+
+impl HashedFile {
+    fn create(dir: &Path, relative: &str) -> Result<HashedFile, ReportError> {
+        use sha2::Digest as _;
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| ReportError::Write { path: parent.to_path_buf(), source })?;
+        }
+        let file = std::fs::File::create(&path).map_err(|source| ReportError::Write { path: path.clone(), source })?;
+        Ok(HashedFile { path, file: std::io::BufWriter::with_capacity(1 << 16, file), hash: sha2::Sha256::new() })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ReportError> {
+        use sha2::Digest as _;
+        use std::io::Write as _;
+        self.hash.update(bytes);
+        self.file.write_all(bytes).map_err(|source| ReportError::Write { path: self.path.clone(), source })
+    }
+
+    /// Flushes and syncs the file; returns its SHA-256 (hex).
+    fn finish(self) -> Result<String, ReportError> {
+        use sha2::Digest as _;
+        let HashedFile { path, file, hash } = self;
+        file.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(|source| ReportError::Write { path, source })?;
+        Ok(bundle::hex(&hash.finalize()))
+    }
+}
+
+/// The population CSV files, written row by row as the fold makes them.
+struct CsvFiles {
+    files: Vec<HashedFile>,
+    /// The first write that failed; later rows are dropped and the bundle is abandoned.
+    error: Option<ReportError>,
+}
+
+impl RowSink for CsvFiles {
+    fn row(&mut self, population: usize, _seq: u64, record: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        let file = &mut self.files[population];
+        if let Err(e) = file.write(record.as_bytes()).and_then(|()| file.write(b"\r\n")) {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// Streams the period's entries from the store into the entries file and
+/// through the report's fold, which writes the population CSVs as it goes
+/// (neither the entries nor their events are ever all in memory), writes the
+/// other files, signs the manifest and renames `staging` to `out`.
 fn write_bundle(
     store: &dyn Store,
     signer: &SignerKey,
@@ -233,8 +291,6 @@ fn write_bundle(
     out: &Path,
     period: Period,
 ) -> Result<Generated, ReportError> {
-    use sha2::Digest as _;
-    use std::io::Write as _;
     let Period {
         origin,
         first_seq,
@@ -248,27 +304,32 @@ fn write_bundle(
     } = period;
     let reader = NodeReader(store);
     std::fs::create_dir_all(staging).map_err(|source| ReportError::Write { path: staging.to_path_buf(), source })?;
-    let entries_path = staging.join(ENTRIES_FILE);
-    let io = |source| ReportError::Write { path: entries_path.clone(), source };
-    let mut entries_file =
-        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&entries_path).map_err(io)?);
-    let mut entries_hash = sha2::Sha256::new();
-    let mut events: Vec<Event> = Vec::with_capacity((end_seq - first_seq) as usize);
-    while (events.len() as u64) < end_seq - first_seq {
-        let from = first_seq + events.len() as u64;
-        let chunk = store.entries(from, (end_seq - from).min(4096))?;
+    let settings = Settings { from: args.from, to: args.to, revoke_sla_ms: args.revoke_sla_ms };
+    let mut fold = compute::Fold::new(&settings);
+    let mut csvs = CsvFiles { files: Vec::with_capacity(compute::POPULATIONS.len()), error: None };
+    for (name, _, _, columns) in compute::POPULATIONS {
+        let mut file = HashedFile::create(staging, &bundle::population_file(name))?;
+        file.write(csv::header(columns).as_bytes())?;
+        csvs.files.push(file);
+    }
+    let mut entries_file = HashedFile::create(staging, ENTRIES_FILE)?;
+    let mut next = first_seq;
+    while next < end_seq {
+        let chunk = store.entries(next, (end_seq - next).min(4096))?;
         if chunk.is_empty() {
-            return Err(ReportError::Corrupt(format!("entry {from} is missing")));
+            return Err(ReportError::Corrupt(format!("entry {next} is missing")));
         }
-        let encoded = bundle::encode_entries(chunk.iter().map(Vec::as_slice));
-        entries_hash.update(&encoded);
-        entries_file.write_all(&encoded).map_err(io)?;
+        entries_file.write(&bundle::encode_entries(chunk.iter().map(Vec::as_slice)))?;
         for entry in &chunk {
-            events.push(ParsedEntry::parse(entry).map(|p| p.event).map_err(|e| ReportError::Corrupt(e.to_string()))?);
+            let parsed = ParsedEntry::parse(entry).map_err(|e| ReportError::Corrupt(format!("entry {next}: {e}")))?;
+            fold.push(&parsed.event, &mut csvs);
+            next += 1;
+        }
+        if let Some(e) = csvs.error.take() {
+            return Err(e);
         }
     }
-    entries_file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(io)?;
-    let entries_sha256: String = entries_hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let mut hashes: Vec<(String, String)> = vec![(entries_file.finish()?, ENTRIES_FILE.into())];
 
     let left = bundle::frontier_nodes(first_seq)
         .into_iter()
@@ -289,7 +350,6 @@ fn write_bundle(
         anchor: anchor.map(|m| prove(m).map(|p| (m, p))).transpose()?,
     };
 
-    let settings = Settings { from: args.from, to: args.to, revoke_sla_ms: args.revoke_sla_ms };
     let facts = LedgerFacts {
         origin: origin.clone(),
         first_seq,
@@ -300,18 +360,21 @@ fn write_bundle(
         checkpoint_root: B64.encode(checkpoint.checkpoint.root),
         anchor_size: anchor,
     };
-    let report = compute::report(&events, &settings, facts);
+    let report = fold.finish(facts, &mut csvs);
+    if let Some(e) = csvs.error.take() {
+        return Err(e);
+    }
+    for (file, (name, ..)) in csvs.files.into_iter().zip(compute::POPULATIONS) {
+        hashes.push((file.finish()?, bundle::population_file(name)));
+    }
 
-    let mut files: Vec<(String, Vec<u8>)> = vec![
+    let files: Vec<(String, Vec<u8>)> = vec![
         (CHECKPOINT_FILE.into(), checkpoint_note.into_bytes()),
         (PROOF_FILE.into(), proof.encode().into_bytes()),
         (JSON_FILE.into(), json::render(&report).into_bytes()),
         (HTML_FILE.into(), html::render(&report).into_bytes()),
     ];
-    files.extend(report.populations.iter().map(|p| (p.file(), csv::population(p).into_bytes())));
-    let mut hashes: Vec<(String, String)> =
-        files.iter().map(|(path, bytes)| (bundle::sha256_hex(bytes), path.clone())).collect();
-    hashes.push((entries_sha256, ENTRIES_FILE.into()));
+    hashes.extend(files.iter().map(|(path, bytes)| (bundle::sha256_hex(bytes), path.clone())));
     hashes.sort_by(|a, b| a.1.cmp(&b.1));
     let manifest = Manifest {
         origin: origin.clone(),
@@ -328,9 +391,8 @@ fn write_bundle(
     };
     let text = manifest.text();
     let manifest_note = note::assemble(&text, &[signer.sign(text.as_bytes())]);
-    files.push((MANIFEST_FILE.into(), manifest_note.clone().into_bytes()));
-
     files.iter().try_for_each(|(path, bytes)| write(staging, path, bytes))?;
+    write(staging, MANIFEST_FILE, manifest_note.as_bytes())?;
     std::fs::rename(staging, out).map_err(|source| ReportError::Write { path: out.to_path_buf(), source })?;
     Ok(Generated {
         dir: out.to_path_buf(),

@@ -21,9 +21,19 @@ pub const PROOF_FILE: &str = "proof";
 pub const JSON_FILE: &str = "report.json";
 pub const HTML_FILE: &str = "report.html";
 
+/// The bundle path of a population's CSV file.
+pub fn population_file(name: &str) -> String {
+    format!("populations/{name}.csv")
+}
+
+/// Lowercase hex of `bytes` (a digest).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// Why a bundle file is malformed.

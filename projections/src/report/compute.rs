@@ -2,12 +2,14 @@
 //! population's `definition` is the exact rule below in words; the manifest
 //! carries it, and the verifier recomputes every row with this code.
 
-use super::{Bar, Control, Exception, Figure, LedgerFacts, Population, Report, Row, Settings};
+use super::{Bar, Control, Exception, Figure, LedgerFacts, Population, Report, RowSink, Settings, csv};
 use crate::cluster::Observation;
 use crate::events::{GrantActivated, Payload};
+use crate::intern::Interned;
 use portcullis_format::event::{Event, KIND_KEY_ROTATED};
 use portcullis_format::time::Timestamp;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 const REQUESTS: &[&str] = &[
     "ledger_seq",
@@ -239,627 +241,693 @@ fn opt_num(n: Option<u64>) -> String {
     n.map(|n| n.to_string()).unwrap_or_default()
 }
 
-struct Builder {
-    rows: BTreeMap<&'static str, Vec<Row>>,
+/// The index of each population in [`POPULATIONS`].
+const P_REQUESTS: usize = 0;
+const P_APPROVALS: usize = 1;
+const P_GRANTS: usize = 2;
+const P_ENDINGS: usize = 3;
+const P_REMOVALS: usize = 4;
+const P_EXTENSIONS: usize = 5;
+const P_BREAK_GLASS: usize = 6;
+const P_FINDINGS: usize = 7;
+const P_ROUTES: usize = 8;
+const P_POLICIES: usize = 9;
+const P_KEYS: usize = 10;
+
+/// Encodes rows and hands them to the sink, counting them.
+struct Emitter {
+    scratch: String,
+    counts: [usize; POPULATIONS.len()],
 }
 
-impl Builder {
-    fn push(&mut self, population: &'static str, seq: u64, cells: Vec<String>) {
-        self.rows.entry(population).or_default().push(Row::new(seq, cells.iter().map(String::as_str)));
+impl Emitter {
+    fn emit(&mut self, sink: &mut dyn RowSink, population: usize, seq: u64, cells: &[String]) {
+        self.scratch.clear();
+        csv::fields(cells.iter().map(String::as_str), &mut self.scratch);
+        self.counts[population] += 1;
+        sink.row(population, seq, &self.scratch);
     }
+}
+
+/// A grant's row while later entries may still complete it: the fixed
+/// columns already encoded, the others kept until the fold finishes. A
+/// report over a hundred thousand grants holds this much per grant, not the
+/// grant's event.
+struct PendingGrant {
+    seq: u64,
+    /// Columns `ledger_seq` to `planned_end_time`, encoded.
+    head: Box<str>,
+    extended_end: Option<Box<str>>,
+    /// Columns `break_glass` to `approval_evidence`, encoded.
+    middle: Box<str>,
+    /// `(end_seq, end_type, end_time)` of its first end in the period.
+    end: Option<(u64, &'static str, Box<str>)>,
+    /// `(removal_seq, removal_time, time_to_revoke_ms)` of its first removal in the period.
+    removal: Option<(u64, Box<str>, i64)>,
+    /// Columns `policy_rule` and `policy_hash`, encoded.
+    tail: Box<str>,
+}
+
+impl PendingGrant {
+    fn record(&self, out: &mut String) {
+        out.clear();
+        out.push_str(&self.head);
+        out.push(',');
+        csv::field(self.extended_end.as_deref().unwrap_or_default(), out);
+        out.push(',');
+        out.push_str(&self.middle);
+        out.push(',');
+        let (end_seq, end_type, end_time) = match &self.end {
+            Some((seq, kind, time)) => (seq.to_string(), *kind, &**time),
+            None => (String::new(), "", ""),
+        };
+        let (removal_seq, removal_time, latency) = match &self.removal {
+            Some((seq, time, latency)) => (seq.to_string(), &**time, latency.to_string()),
+            None => (String::new(), "", String::new()),
+        };
+        csv::fields([end_seq.as_str(), end_type, end_time, &removal_seq, removal_time, &latency], out);
+        out.push(',');
+        out.push_str(&self.tail);
+    }
+}
+
+/// What the break-glass population needs of a break-glass grant.
+struct BreakGlassUse {
+    grant_id: String,
+    time: String,
+    cluster: String,
+    namespace: String,
+    names: String,
+    review_due: String,
 }
 
 struct GrantInfo {
     seq: u64,
+    /// Its row in `Fold::grant_rows`.
     row: usize,
-    requester: String,
-    break_glass: bool,
+    requester: Arc<str>,
+    break_glass: Option<Box<BreakGlassUse>>,
 }
 
-/// Computes the report over `events` (the bundle's entries, boundaries included; only those in the period count).
-pub fn report(events: &[Event], settings: &Settings, ledger: LedgerFacts) -> Report {
-    let in_period: Vec<&Event> = events.iter().filter(|e| e.ts >= settings.from && e.ts < settings.to).collect();
-    let mut b = Builder { rows: BTreeMap::new() };
-    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    // request id -> (seq, requester, approvals required, break glass)
-    let mut requests: BTreeMap<String, (u64, String, u32)> = BTreeMap::new();
-    // request id -> [(seq, approver)]
-    let mut approvals: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    let mut grants: BTreeMap<String, GrantInfo> = BTreeMap::new();
-    let mut grant_rows: Vec<Vec<String>> = Vec::new();
-    let mut grant_seqs: Vec<u64> = Vec::new();
-    let mut reviews: BTreeMap<String, (u64, String, String, String)> = BTreeMap::new();
-    let mut late_reviews: Vec<(u64, String, String, String, String)> = Vec::new();
-    let mut latencies: Vec<i64> = Vec::new();
-    let mut exceptions: BTreeMap<&'static str, Vec<Exception>> = BTreeMap::new();
-    let mut figures: BTreeMap<&'static str, i64> = BTreeMap::new();
-    let mut count = |key: &'static str| *figures.entry(key).or_insert(0) += 1;
-    let mut grant_times: Vec<Timestamp> = Vec::new();
+/// A request of the period: its entry, requester and approvals required.
+struct RequestInfo {
+    seq: u64,
+    requester: Arc<str>,
+    required: u32,
+}
 
-    for event in &in_period {
-        *by_kind.entry(event.draft.kind.clone()).or_insert(0) += 1;
+/// A review of a break-glass grant: its entry, reviewer, time and comment.
+type Review = (u64, Arc<str>, String, String);
+
+/// The report, folded one entry at a time: what later entries refer to (the
+/// period's requests, approvals and grants) is kept, compactly; the rows of
+/// the populations go to a [`RowSink`] as they are made. The service and
+/// the verifier stream a period's entries through it, so neither holds the
+/// period's events.
+pub struct Fold {
+    settings: Settings,
+    out: Emitter,
+    people: Interned,
+    by_kind: BTreeMap<String, u64>,
+    requests: HashMap<String, RequestInfo>,
+    approvals: HashMap<String, Vec<(u64, Arc<str>)>>,
+    grants: HashMap<String, GrantInfo>,
+    grant_rows: Vec<PendingGrant>,
+    reviews: HashMap<String, Review>,
+    /// Reviews of grants activated before the period: `(seq, grant id, review)`.
+    late_reviews: Vec<(u64, String, Review)>,
+    latencies: Vec<i64>,
+    exceptions: BTreeMap<&'static str, Vec<Exception>>,
+    figures: BTreeMap<&'static str, i64>,
+    grant_times: Vec<Timestamp>,
+}
+
+impl Fold {
+    pub fn new(settings: &Settings) -> Fold {
+        Fold {
+            settings: settings.clone(),
+            out: Emitter { scratch: String::new(), counts: [0; POPULATIONS.len()] },
+            people: Interned::default(),
+            by_kind: BTreeMap::new(),
+            requests: HashMap::new(),
+            approvals: HashMap::new(),
+            grants: HashMap::new(),
+            grant_rows: Vec::new(),
+            reviews: HashMap::new(),
+            late_reviews: Vec::new(),
+            latencies: Vec::new(),
+            exceptions: BTreeMap::new(),
+            figures: BTreeMap::new(),
+            grant_times: Vec::new(),
+        }
+    }
+
+    fn count(&mut self, key: &'static str) {
+        *self.figures.entry(key).or_insert(0) += 1;
+    }
+
+    fn exception(&mut self, control: &'static str, exception: Exception) {
+        self.exceptions.entry(control).or_default().push(exception);
+    }
+
+    /// Folds the next entry's event (entries must come in ledger order; those
+    /// outside the period are skipped).
+    pub fn push(&mut self, event: &Event, sink: &mut dyn RowSink) {
+        if event.ts < self.settings.from || event.ts >= self.settings.to {
+            return;
+        }
+        match self.by_kind.get_mut(&event.draft.kind) {
+            Some(count) => *count += 1,
+            None => {
+                self.by_kind.insert(event.draft.kind.clone(), 1);
+            }
+        }
+        if event.draft.kind == KIND_KEY_ROTATED {
+            let new_key = event.draft.data.get("new_key").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+            let cells = [
+                event.seq.to_string(),
+                event.draft.id.to_string(),
+                event.ts.to_string(),
+                new_key,
+                event.draft.actor.sub.clone(),
+            ];
+            self.out.emit(sink, P_KEYS, event.seq, &cells);
+            return;
+        }
+        if let Some(payload) = Payload::from_event(event) {
+            self.workflow(event, payload, sink);
+        } else if let Some(observation) = Observation::from_event(event) {
+            self.observation(event, observation, sink);
+        }
+    }
+
+    fn workflow(&mut self, event: &Event, payload: Payload, sink: &mut dyn RowSink) {
         let seq = event.seq;
         let id = event.draft.id.to_string();
         let time = event.ts.to_string();
         let actor = event.draft.actor.sub.clone();
-        if event.draft.kind == KIND_KEY_ROTATED {
-            let new_key = event.draft.data.get("new_key").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-            b.push("key_rotations", seq, vec![seq.to_string(), id, time, new_key, actor]);
-            continue;
-        }
-        if let Some(payload) = Payload::from_event(event) {
-            match payload {
-                Payload::RequestCreated(d) => {
-                    count("requests");
-                    requests.insert(id.clone(), (seq, actor.clone(), d.approvals_needed));
-                    b.push(
-                        "access_requests",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id,
-                            time,
-                            actor,
-                            d.target.cluster,
-                            d.target.namespace,
-                            d.target.kind.to_string(),
-                            d.target.names.join("; "),
-                            d.target.access.to_string(),
-                            d.duration_secs.to_string(),
-                            d.reason,
-                            opt(d.ticket.as_deref()),
-                            yes(d.break_glass),
-                            d.approvals_needed.to_string(),
-                            d.basis.rule,
-                            d.basis.policy_hash,
-                        ],
-                    );
-                }
-                Payload::RequestApproved(d) | Payload::RequestDenied(d) => {
-                    let approved = event.draft.kind == crate::events::kind::REQUEST_APPROVED;
-                    count(if approved { "approvals" } else { "denials" });
-                    let request = requests.get(&d.request_id);
-                    let self_approval = request.is_some_and(|(_, requester, _)| *requester == actor);
-                    if approved {
-                        approvals.entry(d.request_id.clone()).or_default().push((seq, actor.clone()));
-                        if self_approval {
-                            let request_seq = request.map(|r| r.0).unwrap_or_default();
-                            exceptions.entry("CC6.2").or_default().push(Exception {
+        match payload {
+            Payload::RequestCreated(d) => {
+                self.count("requests");
+                let requester = self.people.sub(&actor);
+                self.requests.insert(id.clone(), RequestInfo { seq, requester, required: d.approvals_needed });
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    actor,
+                    d.target.cluster,
+                    d.target.namespace,
+                    d.target.kind.to_string(),
+                    d.target.names.join("; "),
+                    d.target.access.to_string(),
+                    d.duration_secs.to_string(),
+                    d.reason,
+                    opt(d.ticket.as_deref()),
+                    yes(d.break_glass),
+                    d.approvals_needed.to_string(),
+                    d.basis.rule,
+                    d.basis.policy_hash,
+                ];
+                self.out.emit(sink, P_REQUESTS, seq, &cells);
+            }
+            Payload::RequestApproved(d) | Payload::RequestDenied(d) => {
+                let approved = event.draft.kind == crate::events::kind::REQUEST_APPROVED;
+                self.count(if approved { "approvals" } else { "denials" });
+                let request = self.requests.get(&d.request_id).map(|r| (r.seq, Arc::clone(&r.requester)));
+                let self_approval = request.as_ref().is_some_and(|(_, requester)| **requester == *actor);
+                if approved {
+                    let approver = self.people.sub(&actor);
+                    self.approvals.entry(d.request_id.clone()).or_default().push((seq, approver));
+                    if self_approval {
+                        let request_seq = request.as_ref().map(|r| r.0).unwrap_or_default();
+                        self.exception(
+                            "CC6.2",
+                            Exception {
                                 code: "self-approval",
                                 seq,
                                 related: vec![request_seq],
                                 detail: format!("{actor} approved their own request {}", d.request_id),
-                            });
-                        }
-                    }
-                    b.push(
-                        "approvals",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id,
-                            time,
-                            if approved { "approved" } else { "denied" }.into(),
-                            d.request_id.clone(),
-                            opt_num(request.map(|r| r.0)),
-                            opt(request.map(|r| r.1.as_str())),
-                            actor,
-                            if request.is_some() { yes(self_approval) } else { String::new() },
-                            opt(d.comment.as_deref()),
-                            d.basis.rule,
-                            d.basis.policy_hash,
-                        ],
-                    );
-                }
-                Payload::GrantActivated(d) => {
-                    count("grants");
-                    grant_times.push(event.ts);
-                    let evidence = grant_evidence(&d, seq, &requests, &approvals, &mut exceptions);
-                    if d.break_glass {
-                        count("break_glass_uses");
-                    }
-                    let request_seq = requests.get(&d.request_id).map(|r| r.0);
-                    let rbac: Vec<String> = d
-                        .rbac
-                        .iter()
-                        .map(|r| {
-                            format!(
-                                "{} {} [{}] names=[{}]",
-                                r.verbs.join(","),
-                                r.resources.join(","),
-                                r.api_groups.join(","),
-                                r.resource_names.join(",")
-                            )
-                        })
-                        .collect();
-                    grants.insert(
-                        id.clone(),
-                        GrantInfo {
-                            seq,
-                            row: grant_rows.len(),
-                            requester: d.requester.clone(),
-                            break_glass: d.break_glass,
-                        },
-                    );
-                    grant_seqs.push(seq);
-                    grant_rows.push(vec![
-                        seq.to_string(),
-                        id,
-                        time,
-                        d.request_id.clone(),
-                        opt_num(request_seq),
-                        d.requester.clone(),
-                        d.approvers.join("; "),
-                        d.target.cluster.clone(),
-                        d.target.namespace.clone(),
-                        d.target.kind.to_string(),
-                        d.target.names.join("; "),
-                        d.target.access.to_string(),
-                        rbac.join("; "),
-                        d.starts_at.clone(),
-                        d.expires_at.clone(),
-                        String::new(),
-                        yes(d.break_glass),
-                        opt(d.credential.as_deref()),
-                        evidence.into(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        d.basis.rule.clone(),
-                        d.basis.policy_hash.clone(),
-                    ]);
-                }
-                Payload::GrantEnded(d) | Payload::GrantRevoked(d) | Payload::GrantExpired(d) => {
-                    let end_type = match event.draft.kind.as_str() {
-                        crate::events::kind::GRANT_ENDED => "ended",
-                        crate::events::kind::GRANT_REVOKED => "revoked",
-                        _ => "expired",
-                    };
-                    count(match end_type {
-                        "ended" => "grants_ended_early",
-                        "revoked" => "grants_revoked",
-                        _ => "grants_expired",
-                    });
-                    let grant = grants.get(&d.grant_id);
-                    if let Some(grant) = grant {
-                        let row = &mut grant_rows[grant.row];
-                        if row[19].is_empty() {
-                            row[19] = seq.to_string();
-                            row[20] = end_type.into();
-                            row[21] = time.clone();
-                        }
-                    }
-                    b.push(
-                        "grant_endings",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id,
-                            time,
-                            end_type.into(),
-                            d.grant_id.clone(),
-                            opt_num(grant.map(|g| g.seq)),
-                            actor,
-                            opt(d.comment.as_deref()),
-                        ],
-                    );
-                }
-                Payload::ExtensionRequested(d) => b.push(
-                    "extensions",
-                    seq,
-                    vec![
-                        seq.to_string(),
-                        id,
-                        time,
-                        "requested".into(),
-                        d.grant_id,
-                        event.draft.id.to_string(),
-                        actor,
-                        d.duration_secs.to_string(),
-                        String::new(),
-                        d.reason,
-                    ],
-                ),
-                Payload::ExtensionApproved(d) | Payload::ExtensionDenied(d) => {
-                    let approved = event.draft.kind == crate::events::kind::EXTENSION_APPROVED;
-                    b.push(
-                        "extensions",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id,
-                            time,
-                            if approved { "approved" } else { "denied" }.into(),
-                            d.grant_id,
-                            d.extension_id,
-                            actor,
-                            String::new(),
-                            String::new(),
-                            opt(d.comment.as_deref()),
-                        ],
-                    );
-                }
-                Payload::GrantExtended(d) => {
-                    if let Some(grant) = grants.get(&d.grant_id) {
-                        grant_rows[grant.row][15] = d.expires_at.clone();
-                    }
-                    b.push(
-                        "extensions",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id,
-                            time,
-                            "extended".into(),
-                            d.grant_id,
-                            d.extension_id,
-                            actor,
-                            String::new(),
-                            d.expires_at,
-                            String::new(),
-                        ],
-                    );
-                }
-                Payload::BreakGlassReviewed(d) => {
-                    count("break_glass_reviews");
-                    match grants.get(&d.grant_id) {
-                        Some(_) => {
-                            reviews.entry(d.grant_id.clone()).or_insert((seq, actor, time, d.comment));
-                        }
-                        None => late_reviews.push((seq, d.grant_id, actor, time, d.comment)),
+                            },
+                        );
                     }
                 }
-                Payload::PolicyLoaded(d) => {
-                    count("policy_changes");
-                    let distinct = match (&d.proposed_by, &d.approved_by) {
-                        (Some(p), Some(a)) => p != a,
-                        _ => false,
-                    };
-                    if distinct {
-                        count("policy_changes_second_approver");
-                    }
-                    b.push(
-                        "policy_changes",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id,
-                            time,
-                            "loaded".into(),
-                            d.policy_hash,
-                            actor,
-                            opt(d.proposed_by.as_deref()),
-                            opt(d.approved_by.as_deref()),
-                            yes(distinct),
-                        ],
-                    );
-                }
-                Payload::PolicyProposed(d) => b.push(
-                    "policy_changes",
-                    seq,
-                    vec![
-                        seq.to_string(),
-                        id,
-                        time,
-                        "proposed".into(),
-                        d.policy_hash,
-                        actor.clone(),
-                        actor,
-                        String::new(),
-                        String::new(),
-                    ],
-                ),
-                Payload::CredentialIssued(_) | Payload::RequestCancelled(_) | Payload::RequestExpired(_) => {}
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    if approved { "approved" } else { "denied" }.into(),
+                    d.request_id,
+                    opt_num(request.as_ref().map(|r| r.0)),
+                    opt(request.as_ref().map(|r| &*r.1)),
+                    actor,
+                    if request.is_some() { yes(self_approval) } else { String::new() },
+                    opt(d.comment.as_deref()),
+                    d.basis.rule,
+                    d.basis.policy_hash,
+                ];
+                self.out.emit(sink, P_APPROVALS, seq, &cells);
             }
-            continue;
+            Payload::GrantActivated(d) => self.grant_activated(event, d),
+            Payload::GrantEnded(d) | Payload::GrantRevoked(d) | Payload::GrantExpired(d) => {
+                let end_type = match event.draft.kind.as_str() {
+                    crate::events::kind::GRANT_ENDED => "ended",
+                    crate::events::kind::GRANT_REVOKED => "revoked",
+                    _ => "expired",
+                };
+                self.count(match end_type {
+                    "ended" => "grants_ended_early",
+                    "revoked" => "grants_revoked",
+                    _ => "grants_expired",
+                });
+                let grant_seq = self.grants.get(&d.grant_id).map(|grant| {
+                    let row = &mut self.grant_rows[grant.row];
+                    row.end.get_or_insert_with(|| (seq, end_type, time.clone().into_boxed_str()));
+                    grant.seq
+                });
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    end_type.into(),
+                    d.grant_id,
+                    opt_num(grant_seq),
+                    actor,
+                    opt(d.comment.as_deref()),
+                ];
+                self.out.emit(sink, P_ENDINGS, seq, &cells);
+            }
+            Payload::ExtensionRequested(d) => {
+                let cells = [
+                    seq.to_string(),
+                    id.clone(),
+                    time,
+                    "requested".into(),
+                    d.grant_id,
+                    id,
+                    actor,
+                    d.duration_secs.to_string(),
+                    String::new(),
+                    d.reason,
+                ];
+                self.out.emit(sink, P_EXTENSIONS, seq, &cells);
+            }
+            Payload::ExtensionApproved(d) | Payload::ExtensionDenied(d) => {
+                let approved = event.draft.kind == crate::events::kind::EXTENSION_APPROVED;
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    if approved { "approved" } else { "denied" }.into(),
+                    d.grant_id,
+                    d.extension_id,
+                    actor,
+                    String::new(),
+                    String::new(),
+                    opt(d.comment.as_deref()),
+                ];
+                self.out.emit(sink, P_EXTENSIONS, seq, &cells);
+            }
+            Payload::GrantExtended(d) => {
+                if let Some(grant) = self.grants.get(&d.grant_id) {
+                    self.grant_rows[grant.row].extended_end = Some(d.expires_at.clone().into_boxed_str());
+                }
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    "extended".into(),
+                    d.grant_id,
+                    d.extension_id,
+                    actor,
+                    String::new(),
+                    d.expires_at,
+                    String::new(),
+                ];
+                self.out.emit(sink, P_EXTENSIONS, seq, &cells);
+            }
+            Payload::BreakGlassReviewed(d) => {
+                self.count("break_glass_reviews");
+                let review = (seq, self.people.sub(&actor), time, d.comment);
+                if self.grants.contains_key(&d.grant_id) {
+                    self.reviews.entry(d.grant_id).or_insert(review);
+                } else {
+                    self.late_reviews.push((seq, d.grant_id, review));
+                }
+            }
+            Payload::PolicyLoaded(d) => {
+                self.count("policy_changes");
+                let distinct = match (&d.proposed_by, &d.approved_by) {
+                    (Some(p), Some(a)) => p != a,
+                    _ => false,
+                };
+                if distinct {
+                    self.count("policy_changes_second_approver");
+                }
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    "loaded".into(),
+                    d.policy_hash,
+                    actor,
+                    opt(d.proposed_by.as_deref()),
+                    opt(d.approved_by.as_deref()),
+                    yes(distinct),
+                ];
+                self.out.emit(sink, P_POLICIES, seq, &cells);
+            }
+            Payload::PolicyProposed(d) => {
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    "proposed".into(),
+                    d.policy_hash,
+                    actor.clone(),
+                    actor,
+                    String::new(),
+                    String::new(),
+                ];
+                self.out.emit(sink, P_POLICIES, seq, &cells);
+            }
+            Payload::CredentialIssued(_) | Payload::RequestCancelled(_) | Payload::RequestExpired(_) => {}
         }
-        let Some(observation) = Observation::from_event(event) else { continue };
+    }
+
+    fn grant_activated(&mut self, event: &Event, d: GrantActivated) {
+        let seq = event.seq;
+        let id = event.draft.id.to_string();
+        let time = event.ts.to_string();
+        self.count("grants");
+        self.grant_times.push(event.ts);
+        let evidence = self.grant_evidence(&d, seq);
+        if d.break_glass {
+            self.count("break_glass_uses");
+        }
+        let request_seq = self.requests.get(&d.request_id).map(|r| r.seq);
+        let rbac: Vec<String> = d
+            .rbac
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} [{}] names=[{}]",
+                    r.verbs.join(","),
+                    r.resources.join(","),
+                    r.api_groups.join(","),
+                    r.resource_names.join(",")
+                )
+            })
+            .collect();
+        let names = d.target.names.join("; ");
+        let encode = |cells: &[&str]| {
+            let mut out = String::new();
+            csv::fields(cells.iter().copied(), &mut out);
+            out.into_boxed_str()
+        };
+        let row = PendingGrant {
+            seq,
+            head: encode(&[
+                &seq.to_string(),
+                &id,
+                &time,
+                &d.request_id,
+                &opt_num(request_seq),
+                &d.requester,
+                &d.approvers.join("; "),
+                &d.target.cluster,
+                &d.target.namespace,
+                &d.target.kind.to_string(),
+                &names,
+                &d.target.access.to_string(),
+                &rbac.join("; "),
+                &d.starts_at,
+                &d.expires_at,
+            ]),
+            extended_end: None,
+            middle: encode(&[&yes(d.break_glass), d.credential.as_deref().unwrap_or_default(), evidence]),
+            end: None,
+            removal: None,
+            tail: encode(&[&d.basis.rule, &d.basis.policy_hash]),
+        };
+        let break_glass = d.break_glass.then(|| {
+            Box::new(BreakGlassUse {
+                grant_id: id.clone(),
+                time,
+                cluster: d.target.cluster.clone(),
+                namespace: d.target.namespace.clone(),
+                names,
+                review_due: d.review_due.clone().unwrap_or_default(),
+            })
+        });
+        let requester = self.people.sub(&d.requester);
+        self.grants.insert(id, GrantInfo { seq, row: self.grant_rows.len(), requester, break_glass });
+        self.grant_rows.push(row);
+    }
+
+    /// How the grant's approval is evidenced, recording an exception when it is missing.
+    fn grant_evidence(&mut self, grant: &GrantActivated, seq: u64) -> &'static str {
+        if grant.approvers.contains(&grant.requester) {
+            self.exception(
+                "CC6.2",
+                Exception {
+                    code: "self-approval",
+                    seq,
+                    related: Vec::new(),
+                    detail: format!("grant names its requester {} among its approvers", grant.requester),
+                },
+            );
+        }
+        if grant.break_glass {
+            return "break-glass";
+        }
+        let Some(request) = self.requests.get(&grant.request_id) else {
+            return "before-period";
+        };
+        if request.required == 0 {
+            return "auto-approved";
+        }
+        let recorded = self.approvals.get(&grant.request_id).map(Vec::as_slice).unwrap_or_default();
+        let distinct: BTreeSet<&str> =
+            recorded.iter().filter(|(_, a)| *a != request.requester).map(|(_, a)| &**a).collect();
+        if distinct.len() < request.required as usize {
+            let mut related = vec![request.seq];
+            related.extend(recorded.iter().map(|(s, _)| *s));
+            let detail = format!(
+                "grant for request {} has {} distinct approval(s) by others than the requester recorded, {} required",
+                grant.request_id,
+                distinct.len(),
+                request.required
+            );
+            self.exception("CC6.1", Exception { code: "grant-without-approval", seq, related, detail });
+            return "missing";
+        }
+        "in-period"
+    }
+
+    fn observation(&mut self, event: &Event, observation: Observation, sink: &mut dyn RowSink) {
+        let seq = event.seq;
+        let id = event.draft.id.to_string();
+        let time = event.ts.to_string();
         match observation {
             Observation::BindingRemoved(d) => {
-                count("removals");
-                latencies.push(d.latency_ms);
-                let within = d.latency_ms <= i64::try_from(settings.revoke_sla_ms).unwrap_or(i64::MAX);
+                self.count("removals");
+                self.latencies.push(d.latency_ms);
+                let sla = self.settings.revoke_sla_ms;
+                let within = d.latency_ms <= i64::try_from(sla).unwrap_or(i64::MAX);
+                let grant_seq = self.grants.get(&d.grant_id).map(|grant| {
+                    let row = &mut self.grant_rows[grant.row];
+                    row.removal.get_or_insert_with(|| (seq, d.observed_at.clone().into_boxed_str(), d.latency_ms));
+                    grant.seq
+                });
                 if within {
-                    count("removals_within_sla");
+                    self.count("removals_within_sla");
                 } else {
-                    exceptions.entry("CC6.3").or_default().push(Exception {
-                        code: "removal-late",
-                        seq,
-                        related: grants.get(&d.grant_id).map(|g| vec![g.seq]).unwrap_or_default(),
-                        detail: format!(
-                            "access of grant {} in {}/{} was removed {} ms after it was due, over the SLA of {} ms",
-                            d.grant_id, d.cluster, d.namespace, d.latency_ms, settings.revoke_sla_ms
-                        ),
-                    });
+                    let detail = format!(
+                        "access of grant {} in {}/{} was removed {} ms after it was due, over the SLA of {sla} ms",
+                        d.grant_id, d.cluster, d.namespace, d.latency_ms
+                    );
+                    let related = grant_seq.into_iter().collect();
+                    self.exception("CC6.3", Exception { code: "removal-late", seq, related, detail });
                 }
-                let grant = grants.get(&d.grant_id);
-                if let Some(grant) = grant {
-                    let row = &mut grant_rows[grant.row];
-                    if row[22].is_empty() {
-                        row[22] = seq.to_string();
-                        row[23] = d.observed_at.clone();
-                        row[24] = d.latency_ms.to_string();
-                    }
-                }
-                b.push(
-                    "removals",
-                    seq,
-                    vec![
-                        seq.to_string(),
-                        id,
-                        time,
-                        d.grant_id.clone(),
-                        opt_num(grant.map(|g| g.seq)),
-                        d.cluster,
-                        d.namespace,
-                        d.name,
-                        d.cause,
-                        d.due_at,
-                        d.observed_at,
-                        d.latency_ms.to_string(),
-                        settings.revoke_sla_ms.to_string(),
-                        yes(within),
-                    ],
-                );
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    d.grant_id,
+                    opt_num(grant_seq),
+                    d.cluster,
+                    d.namespace,
+                    d.name,
+                    d.cause,
+                    d.due_at,
+                    d.observed_at,
+                    d.latency_ms.to_string(),
+                    sla.to_string(),
+                    yes(within),
+                ];
+                self.out.emit(sink, P_REMOVALS, seq, &cells);
             }
             Observation::Drift(d) => {
-                count("drift_findings");
-                b.push(
-                    "cluster_findings",
-                    seq,
-                    vec![
-                        seq.to_string(),
-                        id,
-                        time,
-                        format!("drift-{}", d.action),
-                        d.cluster,
-                        d.namespace,
-                        d.object_kind,
-                        d.name,
-                        opt(d.grant_id.as_deref()),
-                        String::new(),
-                        String::new(),
-                        d.detail,
-                    ],
-                );
+                self.count("drift_findings");
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    format!("drift-{}", d.action),
+                    d.cluster,
+                    d.namespace,
+                    d.object_kind,
+                    d.name,
+                    opt(d.grant_id.as_deref()),
+                    String::new(),
+                    String::new(),
+                    d.detail,
+                ];
+                self.out.emit(sink, P_FINDINGS, seq, &cells);
             }
             Observation::StandingAccess(d) => {
                 for found in &d.found {
-                    count("standing_access_found");
-                    b.push(
-                        "cluster_findings",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id.clone(),
-                            time.clone(),
-                            "standing-found".into(),
-                            d.cluster.clone(),
-                            found.namespace.clone(),
-                            found.binding_kind.clone(),
-                            found.name.clone(),
-                            String::new(),
-                            found.role.clone(),
-                            found.subjects.join("; "),
-                            format!("can edit {}", found.kinds.join(", ")),
-                        ],
-                    );
+                    self.count("standing_access_found");
+                    let cells = [
+                        seq.to_string(),
+                        id.clone(),
+                        time.clone(),
+                        "standing-found".into(),
+                        d.cluster.clone(),
+                        found.namespace.clone(),
+                        found.binding_kind.clone(),
+                        found.name.clone(),
+                        String::new(),
+                        found.role.clone(),
+                        found.subjects.join("; "),
+                        format!("can edit {}", found.kinds.join(", ")),
+                    ];
+                    self.out.emit(sink, P_FINDINGS, seq, &cells);
                 }
                 for gone in &d.gone {
-                    b.push(
-                        "cluster_findings",
-                        seq,
-                        vec![
-                            seq.to_string(),
-                            id.clone(),
-                            time.clone(),
-                            "standing-gone".into(),
-                            d.cluster.clone(),
-                            String::new(),
-                            String::new(),
-                            gone.clone(),
-                            String::new(),
-                            String::new(),
-                            String::new(),
-                            String::new(),
-                        ],
-                    );
+                    let mut cells: [String; 12] = Default::default();
+                    cells[0] = seq.to_string();
+                    cells[1] = id.clone();
+                    cells[2] = time.clone();
+                    cells[3] = "standing-gone".into();
+                    cells[4] = d.cluster.clone();
+                    cells[7] = gone.clone();
+                    self.out.emit(sink, P_FINDINGS, seq, &cells);
                 }
             }
             Observation::RouteChanged(d) => {
-                count("route_changes");
+                self.count("route_changes");
                 let covered = !d.grants.is_empty();
                 if covered {
-                    count("route_changes_covered");
+                    self.count("route_changes_covered");
                 } else {
-                    exceptions.entry("CC8.1").or_default().push(Exception {
-                        code: "route-change-without-grant",
-                        seq,
-                        related: Vec::new(),
-                        detail: format!(
-                            "{} {}/{}/{} was {} while no grant covered it (field managers: {})",
-                            d.kind,
-                            d.cluster,
-                            d.namespace,
-                            d.name,
-                            d.change,
-                            d.managers.iter().map(|m| m.manager.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                    });
-                }
-                b.push(
-                    "route_changes",
-                    seq,
-                    vec![
-                        seq.to_string(),
-                        id,
-                        time,
+                    let detail = format!(
+                        "{} {}/{}/{} was {} while no grant covered it (field managers: {})",
+                        d.kind,
                         d.cluster,
                         d.namespace,
-                        d.kind,
                         d.name,
                         d.change,
-                        d.resource_version,
-                        d.diff.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join("; "),
-                        d.managers
-                            .iter()
-                            .map(|m| format!("{} ({})", m.manager, m.operation))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        d.grants.join("; "),
-                        yes(covered),
-                    ],
-                );
+                        d.managers.iter().map(|m| m.manager.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                    let exception = Exception { code: "route-change-without-grant", seq, related: Vec::new(), detail };
+                    self.exception("CC8.1", exception);
+                }
+                let cells = [
+                    seq.to_string(),
+                    id,
+                    time,
+                    d.cluster,
+                    d.namespace,
+                    d.kind,
+                    d.name,
+                    d.change,
+                    d.resource_version,
+                    d.diff.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join("; "),
+                    d.managers
+                        .iter()
+                        .map(|m| format!("{} ({})", m.manager, m.operation))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    d.grants.join("; "),
+                    yes(covered),
+                ];
+                self.out.emit(sink, P_ROUTES, seq, &cells);
             }
             Observation::BindingApplied(_) | Observation::Leader(_) => {}
         }
     }
 
-    // Break-glass: every use in the period, with its review; then reviews of earlier uses.
-    let mut grant_list: Vec<(&String, &GrantInfo)> = grants.iter().collect();
-    grant_list.sort_by_key(|(_, g)| g.seq);
-    for (grant_id, grant) in grant_list.iter().filter(|(_, g)| g.break_glass) {
-        let row = &grant_rows[grant.row];
-        let review = reviews.get(*grant_id);
-        if review.is_none() {
-            exceptions.entry("CC7.2").or_default().push(Exception {
-                code: "break-glass-unreviewed",
-                seq: grant.seq,
-                related: Vec::new(),
-                detail: format!(
-                    "break-glass grant {grant_id} of {} has no review recorded in the period",
-                    grant.requester
-                ),
-            });
-        }
-        let review_due = grant_review_due(events, grant.seq);
-        b.push(
-            "break_glass",
-            grant.seq,
-            vec![
+    /// Emits the rows later entries completed (grants, break-glass uses and
+    /// their reviews) and computes the controls and charts.
+    pub fn finish(mut self, ledger: LedgerFacts, sink: &mut dyn RowSink) -> Report {
+        // Break-glass: every use in the period, in ledger order, with its review; then reviews of earlier uses.
+        let grants = std::mem::take(&mut self.grants);
+        let mut uses: Vec<&GrantInfo> = grants.values().filter(|g| g.break_glass.is_some()).collect();
+        uses.sort_by_key(|g| g.seq);
+        for grant in uses {
+            let Some(info) = grant.break_glass.as_deref() else { continue };
+            let review = self.reviews.get(&info.grant_id);
+            if review.is_none() {
+                let detail = format!(
+                    "break-glass grant {} of {} has no review recorded in the period",
+                    info.grant_id, grant.requester
+                );
+                let exception =
+                    Exception { code: "break-glass-unreviewed", seq: grant.seq, related: Vec::new(), detail };
+                self.exceptions.entry("CC7.2").or_default().push(exception);
+            }
+            let cells = [
                 grant.seq.to_string(),
-                (*grant_id).clone(),
-                row[2].clone(),
-                grant.requester.clone(),
-                row[7].clone(),
-                row[8].clone(),
-                row[10].clone(),
-                review_due,
+                info.grant_id.clone(),
+                info.time.clone(),
+                grant.requester.to_string(),
+                info.cluster.clone(),
+                info.namespace.clone(),
+                info.names.clone(),
+                info.review_due.clone(),
                 opt_num(review.map(|r| r.0)),
-                opt(review.map(|r| r.1.as_str())),
+                opt(review.map(|r| &*r.1)),
                 opt(review.map(|r| r.2.as_str())),
                 opt(review.map(|r| r.3.as_str())),
                 yes(review.is_some()),
-            ],
-        );
-    }
-    for (seq, grant_id, reviewer, time, comment) in late_reviews {
-        b.push(
-            "break_glass",
-            seq,
-            vec![
-                String::new(),
-                grant_id,
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                seq.to_string(),
-                reviewer,
-                time,
-                comment,
-                "true".into(),
-            ],
-        );
-    }
-    for (row, seq) in grant_rows.into_iter().zip(grant_seqs) {
-        b.push("grants", seq, row);
-    }
+            ];
+            self.out.emit(sink, P_BREAK_GLASS, grant.seq, &cells);
+        }
+        for (seq, grant_id, (_, reviewer, time, comment)) in std::mem::take(&mut self.late_reviews) {
+            let mut cells: [String; 13] = Default::default();
+            cells[1] = grant_id;
+            cells[8] = seq.to_string();
+            cells[9] = reviewer.to_string();
+            cells[10] = time;
+            cells[11] = comment;
+            cells[12] = "true".into();
+            self.out.emit(sink, P_BREAK_GLASS, seq, &cells);
+        }
+        let mut record = String::new();
+        for row in &self.grant_rows {
+            row.record(&mut record);
+            self.out.counts[P_GRANTS] += 1;
+            sink.row(P_GRANTS, row.seq, &record);
+        }
 
-    let populations = POPULATIONS
-        .iter()
-        .map(|(name, title, definition, columns)| Population {
-            name,
-            title,
-            definition,
-            columns,
-            rows: b.rows.remove(name).unwrap_or_default(),
-        })
-        .collect();
-    let controls = controls(&figures, &mut exceptions, &latencies, settings);
-    Report {
-        settings: settings.clone(),
-        ledger,
-        populations,
-        controls,
-        events_by_kind: by_kind.into_iter().collect(),
-        grants_over_time: grants_over_time(&grant_times, settings),
-        time_to_revoke: time_to_revoke(&latencies, settings.revoke_sla_ms),
+        let populations = POPULATIONS
+            .iter()
+            .zip(self.out.counts)
+            .map(|((name, title, definition, columns), rows)| Population { name, title, definition, columns, rows })
+            .collect();
+        let controls = controls(&self.figures, &mut self.exceptions, &self.latencies, &self.settings);
+        Report {
+            grants_over_time: grants_over_time(&self.grant_times, &self.settings),
+            time_to_revoke: time_to_revoke(&self.latencies, self.settings.revoke_sla_ms),
+            settings: self.settings,
+            ledger,
+            populations,
+            controls,
+            events_by_kind: self.by_kind.into_iter().collect(),
+        }
     }
-}
-
-/// The `review_due` of the grant activated at `seq` (for the break-glass population).
-fn grant_review_due(events: &[Event], seq: u64) -> String {
-    events
-        .iter()
-        .find(|e| e.seq == seq)
-        .and_then(Payload::from_event)
-        .and_then(|p| match p {
-            Payload::GrantActivated(d) => d.review_due,
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-/// How the grant's approval is evidenced, recording an exception when it is missing.
-fn grant_evidence(
-    grant: &GrantActivated,
-    seq: u64,
-    requests: &BTreeMap<String, (u64, String, u32)>,
-    approvals: &BTreeMap<String, Vec<(u64, String)>>,
-    exceptions: &mut BTreeMap<&'static str, Vec<Exception>>,
-) -> &'static str {
-    if grant.approvers.contains(&grant.requester) {
-        exceptions.entry("CC6.2").or_default().push(Exception {
-            code: "self-approval",
-            seq,
-            related: Vec::new(),
-            detail: format!("grant names its requester {} among its approvers", grant.requester),
-        });
-    }
-    if grant.break_glass {
-        return "break-glass";
-    }
-    let Some((request_seq, requester, required)) = requests.get(&grant.request_id) else {
-        return "before-period";
-    };
-    if *required == 0 {
-        return "auto-approved";
-    }
-    let recorded = approvals.get(&grant.request_id).map(Vec::as_slice).unwrap_or_default();
-    let distinct: BTreeSet<&str> = recorded.iter().filter(|(_, a)| a != requester).map(|(_, a)| a.as_str()).collect();
-    if distinct.len() < *required as usize {
-        let mut related = vec![*request_seq];
-        related.extend(recorded.iter().map(|(s, _)| *s));
-        exceptions.entry("CC6.1").or_default().push(Exception {
-            code: "grant-without-approval",
-            seq,
-            related,
-            detail: format!(
-                "grant for request {} has {} distinct approval(s) by others than the requester recorded, {} required",
-                grant.request_id,
-                distinct.len(),
-                required
-            ),
-        });
-        return "missing";
-    }
-    "in-period"
 }
 
 fn percentile(sorted: &[i64], percent: usize) -> Option<i64> {

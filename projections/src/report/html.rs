@@ -243,7 +243,7 @@ pub fn render(report: &Report) -> String {
             h,
             "<tr><td><a href=\"{0}\">{0}</a></td><td class=\"n\">{1}</td><td>{2}</td></tr>",
             p.file(),
-            p.rows.len(),
+            p.rows,
             escape(p.definition)
         );
     }

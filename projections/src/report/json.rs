@@ -35,7 +35,7 @@ pub fn render(report: &Report) -> String {
             "file": p.file(),
             "definition": p.definition,
             "columns": p.columns,
-            "rows": p.rows.len(),
+            "rows": p.rows,
         })).collect::<Vec<_>>(),
         "controls": report.controls.iter().map(|c| json!({
             "id": c.id,

@@ -61,24 +61,15 @@ impl LedgerFacts {
     }
 }
 
-/// One row of a population, tied to the ledger entry it comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub seq: u64,
-    /// The row's CSV record, its fields encoded as in [`csv::record`] without
-    /// the line end (one allocation per row: a report over a million entries
-    /// holds about a million rows).
-    pub record: Box<str>,
-}
-
-impl Row {
-    /// The row of `cells`.
-    pub fn new<'a>(seq: u64, cells: impl IntoIterator<Item = &'a str>) -> Row {
-        let mut record = String::new();
-        csv::record(cells, &mut record);
-        record.truncate(record.len() - 2);
-        Row { seq, record: record.into_boxed_str() }
-    }
+/// Receives the rows of the populations as the fold computes them: most
+/// rows as their entry streams past, the grants and break-glass rows (which
+/// later entries complete) when the fold finishes. Each population's rows
+/// arrive in their order in its CSV file.
+pub trait RowSink {
+    /// A row of population `population` (an index into
+    /// [`compute::POPULATIONS`]) tied to entry `seq`; `record` is its CSV
+    /// record without the line end.
+    fn row(&mut self, population: usize, seq: u64, record: &str);
 }
 
 /// A population: every event of one sort in the period, by its exact definition.
@@ -89,13 +80,14 @@ pub struct Population {
     /// The exact rule that selects the rows and computes the columns (one line of text).
     pub definition: &'static str,
     pub columns: &'static [&'static str],
-    pub rows: Vec<Row>,
+    /// How many rows it has (they went to the [`RowSink`]).
+    pub rows: usize,
 }
 
 impl Population {
     /// The bundle path of its CSV file.
     pub fn file(&self) -> String {
-        format!("populations/{}.csv", self.name)
+        bundle::population_file(self.name)
     }
 }
 

@@ -13,7 +13,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use portcullis_format::checkpoint::SignedCheckpoint;
-use portcullis_format::event::{Event, ParsedEntry};
+use portcullis_format::event::ParsedEntry;
 use portcullis_format::keys::{KeySet, PinnedKey};
 use portcullis_format::merkle::{Hash, leaf_hash, verify_consistency};
 use portcullis_format::note::{self, Note, VerifierKey};
@@ -21,7 +21,7 @@ use portcullis_format::time::Timestamp;
 use portcullis_projections::report::bundle::{
     self, CHECKPOINT_FILE, ENTRIES_FILE, HTML_FILE, JSON_FILE, MANIFEST_FILE, Manifest, PROOF_FILE, RangeProof,
 };
-use portcullis_projections::report::{LedgerFacts, Report, Settings, compute, csv, html, json};
+use portcullis_projections::report::{LedgerFacts, Report, RowSink, Settings, compute, csv, html, json};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
@@ -135,156 +135,436 @@ fn list_files(dir: &Path) -> Result<Vec<String>, ReportFailure> {
     Ok(files)
 }
 
+/// Entries read, checked and folded per round: the raw entries and their
+/// parsed events of one round are all that is held of them.
+const ROUND: usize = 8192;
+
+/// The longest CSV record kept for comparison and shown in a difference.
+const MAX_RECORD: usize = 1 << 20;
+
+/// What the walk over the entries established.
 struct Walked {
-    events: Vec<Event>,
+    /// `(seq, ts)` of the first and the last entry.
+    first: Option<(u64, Timestamp)>,
+    last: Option<(u64, Timestamp)>,
+    count: u64,
     leaves: Vec<Hash>,
     key_history: Vec<(VerifierKey, u64)>,
+    /// Index of the first entry at or after the period's start and end.
+    period_first: Option<u64>,
+    period_end: Option<u64>,
+    /// SHA-256 (hex) of the entries file.
+    sha256: String,
 }
 
-/// The entry checks of FORMAT.md section 9 step 5, over a contiguous run of
-/// entries that starts at any seq (like a range export).
-fn walk_entries(entries: &[&[u8]], origin: &str, keys: &KeySet) -> Result<Walked, ReportFailure> {
-    let mut walked = Walked { events: Vec::new(), leaves: Vec::new(), key_history: Vec::new() };
-    let mut ids = HashSet::with_capacity(entries.len());
+/// The entries file, read one round at a time.
+struct EntryReader {
+    reader: std::io::BufReader<std::fs::File>,
+    hash: sha2::Sha256,
+    /// Bytes consumed so far, and entries read so far.
+    offset: u64,
+    entries: u64,
+}
+
+impl EntryReader {
+    /// Reads up to `max` entries into `buf`, returning their ranges in it.
+    fn round(&mut self, buf: &mut Vec<u8>, max: usize) -> Result<Vec<std::ops::Range<usize>>, ReportFailure> {
+        use sha2::Digest as _;
+        buf.clear();
+        let mut ranges = Vec::with_capacity(max);
+        let io = |e: std::io::Error| ReportFailure {
+            code: "layout",
+            file: Some(ENTRIES_FILE.into()),
+            seq: None,
+            reason: format!("cannot read: {e}"),
+            differences: Vec::new(),
+        };
+        while ranges.len() < max {
+            let mut prefix = [0u8; 2];
+            let got = read_full(&mut self.reader, &mut prefix).map_err(io)?;
+            if got == 0 {
+                break;
+            }
+            if got < 2 {
+                return fail(
+                    "entry-syntax",
+                    Some(ENTRIES_FILE),
+                    None,
+                    format!("truncated length prefix at byte {}", self.offset),
+                );
+            }
+            let len = usize::from(u16::from_be_bytes(prefix));
+            let start = buf.len();
+            buf.resize(start + len, 0);
+            if read_full(&mut self.reader, &mut buf[start..]).map_err(io)? < len {
+                return fail(
+                    "entry-syntax",
+                    Some(ENTRIES_FILE),
+                    None,
+                    format!("entry {} runs past the end of the file", self.entries),
+                );
+            }
+            self.hash.update(prefix);
+            self.hash.update(&buf[start..]);
+            self.offset += 2 + len as u64;
+            self.entries += 1;
+            ranges.push(start..start + len);
+        }
+        Ok(ranges)
+    }
+}
+
+/// Reads until `buf` is full or the end of the file; returns the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The entry checks of FORMAT.md section 9 step 5, over the bundle's
+/// contiguous run of entries that starts at any seq (like a range export),
+/// streamed one round at a time; each verified event of the period goes to
+/// `fold` (with its rows to `sink`) when the period is known.
+fn walk_entries(
+    dir: &Path,
+    origin: &str,
+    keys: &KeySet,
+    period: Option<(Timestamp, Timestamp)>,
+    mut fold: Option<(&mut compute::Fold, &mut dyn RowSink)>,
+) -> Result<Walked, ReportFailure> {
+    use sha2::Digest as _;
+    let file = std::fs::File::open(dir.join(ENTRIES_FILE))
+        .or_else(|e| fail("layout", Some(ENTRIES_FILE), None, format!("cannot read: {e}")))?;
+    let mut reader = EntryReader {
+        reader: std::io::BufReader::with_capacity(1 << 20, file),
+        hash: sha2::Sha256::new(),
+        offset: 0,
+        entries: 0,
+    };
+    let mut walked = Walked {
+        first: None,
+        last: None,
+        count: 0,
+        leaves: Vec::new(),
+        key_history: Vec::new(),
+        period_first: None,
+        period_end: None,
+        sha256: String::new(),
+    };
+    let mut ids = HashSet::new();
     let file = Some(ENTRIES_FILE);
-    // Parsing, leaf hashes and signature line 1 under the key presumed in force
-    // (the pinned key the first entry is signed by) run on all cores; the loop
-    // below then runs the order-dependent checks and verifies again, one at a
-    // time, only entries signed after a key rotation.
-    let presumed: Option<VerifierKey> = entries.first().and_then(|e| ParsedEntry::parse(e).ok()).and_then(|p| {
-        keys.candidates(p.event.seq).find(|k| k.name() == origin && k.matches(&p.signatures[0])).cloned()
-    });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
-    let chunk = entries.len().div_ceil(threads).max(1);
-    let prepared: Vec<(Result<ParsedEntry, String>, Hash, bool)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| {
-                let presumed = presumed.as_ref();
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|entry| match ParsedEntry::parse(entry) {
-                            Ok(p) => {
-                                let first = &p.signatures[0];
-                                let ok =
-                                    presumed.is_some_and(|k| k.matches(first) && k.verify(&entry[..p.text_len], first));
-                                (Ok(p), leaf_hash(entry), ok)
-                            }
-                            Err(e) => (Err(e.to_string()), [0u8; 32], false),
-                        })
-                        .collect::<Vec<_>>()
+    let mut presumed: Option<VerifierKey> = None;
+    let mut buf = Vec::new();
+    loop {
+        let ranges = reader.round(&mut buf, ROUND)?;
+        if ranges.is_empty() {
+            break;
+        }
+        let entries: Vec<&[u8]> = ranges.iter().map(|r| &buf[r.clone()]).collect();
+        // Parsing, leaf hashes and signature line 1 under the key presumed in
+        // force (the pinned key the first entry is signed by) run on all
+        // cores; the loop below then runs the order-dependent checks and
+        // verifies again, one at a time, only entries signed after a key rotation.
+        if walked.count == 0 {
+            presumed = entries.first().and_then(|e| ParsedEntry::parse(e).ok()).and_then(|p| {
+                keys.candidates(p.event.seq).find(|k| k.name() == origin && k.matches(&p.signatures[0])).cloned()
+            });
+        }
+        let chunk = entries.len().div_ceil(threads).max(1);
+        let prepared: Vec<(Result<ParsedEntry, String>, Hash, bool)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(chunk)
+                .map(|part| {
+                    let presumed = presumed.as_ref();
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|entry| match ParsedEntry::parse(entry) {
+                                Ok(p) => {
+                                    let first = &p.signatures[0];
+                                    let ok = presumed
+                                        .is_some_and(|k| k.matches(first) && k.verify(&entry[..p.text_len], first));
+                                    (Ok(p), leaf_hash(entry), ok)
+                                }
+                                Err(e) => (Err(e.to_string()), [0u8; 32], false),
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
-            })
-            .collect();
-        // A worker's panic is the verifier's: never a shorter list of entries.
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    });
-    walked.events.reserve(entries.len());
-    walked.leaves.reserve(entries.len());
-    for (i, (entry, (parsed, leaf, presumed_ok))) in entries.iter().zip(prepared).enumerate() {
-        let parsed =
-            parsed.or_else(|e| fail("entry-syntax", file, walked.events.last().map(|p: &Event| p.seq + 1), e))?;
-        let event = &parsed.event;
-        let seq = event.seq;
-        if let Some(previous) = walked.events.last() {
-            if seq != previous.seq + 1 {
+                .collect();
+            // A worker's panic is the verifier's: never a shorter list of entries.
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        for (entry, (parsed, leaf, presumed_ok)) in entries.iter().zip(prepared) {
+            let i = walked.count;
+            let parsed = parsed.or_else(|e| fail("entry-syntax", file, walked.last.map(|(seq, _)| seq + 1), e))?;
+            let event = &parsed.event;
+            let seq = event.seq;
+            if let Some((previous_seq, previous_ts)) = walked.last {
+                if seq != previous_seq + 1 {
+                    return fail(
+                        "sequence",
+                        file,
+                        Some(seq),
+                        format!("entry {i} of the file says seq {seq}, expected {}", previous_seq + 1),
+                    );
+                }
+                if event.prev != walked.leaves[walked.leaves.len() - 1] {
+                    return fail("prev-hash", file, Some(seq), "prev is not the leaf hash of the previous entry");
+                }
+                if event.ts < previous_ts {
+                    return fail(
+                        "timestamp",
+                        file,
+                        Some(seq),
+                        format!("timestamp {} is earlier than the previous entry's", event.ts),
+                    );
+                }
+            } else if seq == 0 && event.prev != [0u8; 32] {
+                return fail("prev-hash", file, Some(seq), "entry 0 must have 32 zero bytes as prev");
+            }
+            if event.log != origin {
                 return fail(
-                    "sequence",
+                    "origin",
                     file,
                     Some(seq),
-                    format!("entry {i} of the file says seq {seq}, expected {}", previous.seq + 1),
+                    format!("entry belongs to log {:?}, not {origin:?}", event.log),
                 );
             }
-            if event.prev != walked.leaves[i - 1] {
-                return fail("prev-hash", file, Some(seq), "prev is not the leaf hash of the previous entry");
+            if !ids.insert(event.draft.id) {
+                return fail("duplicate-id", file, Some(seq), format!("event id {} is repeated", event.draft.id));
             }
-            if event.ts < previous.ts {
+            let first = &parsed.signatures[0];
+            if walked.key_history.is_empty() {
+                let Some(key) = keys.candidates(seq).find(|k| k.name() == origin && k.matches(first)).cloned() else {
+                    return fail(
+                        "key-not-in-force",
+                        file,
+                        Some(seq),
+                        "not signed by a key pinned for this sequence number",
+                    );
+                };
+                walked.key_history.push((key, seq));
+            }
+            let history = &walked.key_history;
+            let (current, _) = &history[history.len() - 1];
+            let verified = if presumed.as_ref() == Some(current) {
+                presumed_ok
+            } else {
+                current.matches(first) && current.verify(&entry[..parsed.text_len], first)
+            };
+            if !verified {
                 return fail(
-                    "timestamp",
+                    "signature",
                     file,
                     Some(seq),
-                    format!("timestamp {} is earlier than the previous entry's", event.ts),
+                    format!("signature line 1 does not verify under the key in force {current}"),
                 );
             }
-        } else if seq == 0 && event.prev != [0u8; 32] {
-            return fail("prev-hash", file, Some(seq), "entry 0 must have 32 zero bytes as prev");
-        }
-        if event.log != origin {
-            return fail("origin", file, Some(seq), format!("entry belongs to log {:?}, not {origin:?}", event.log));
-        }
-        if !ids.insert(event.draft.id) {
-            return fail("duplicate-id", file, Some(seq), format!("event id {} is repeated", event.draft.id));
-        }
-        let first = &parsed.signatures[0];
-        if walked.key_history.is_empty() {
-            let Some(key) = keys.candidates(seq).find(|k| k.name() == origin && k.matches(first)).cloned() else {
+            let earlier = &history[..history.len() - 1];
+            if !keys.permits(current, seq, |pinned| earlier.iter().any(|(k, _)| k == pinned)) {
                 return fail(
                     "key-not-in-force",
                     file,
                     Some(seq),
-                    "not signed by a key pinned for this sequence number",
+                    format!("key {current} is pinned for other sequence numbers"),
                 );
-            };
-            walked.key_history.push((key, seq));
-        }
-        let history = &walked.key_history;
-        let (current, _) = &history[history.len() - 1];
-        let verified = if presumed.as_ref() == Some(current) {
-            presumed_ok
-        } else {
-            current.matches(first) && current.verify(&entry[..parsed.text_len], first)
-        };
-        if !verified {
-            return fail(
-                "signature",
-                file,
-                Some(seq),
-                format!("signature line 1 does not verify under the key in force {current}"),
-            );
-        }
-        let earlier = &history[..history.len() - 1];
-        if !keys.permits(current, seq, |pinned| earlier.iter().any(|(k, _)| k == pinned)) {
-            return fail(
-                "key-not-in-force",
-                file,
-                Some(seq),
-                format!("key {current} is pinned for other sequence numbers"),
-            );
-        }
-        if let Some(new_key) = &parsed.new_key {
-            let second = &parsed.signatures[1];
-            if !new_key.matches(second) || !new_key.verify(&entry[..parsed.text_len], second) {
-                return fail("signature", file, Some(seq), "a key rotation must be signed by the new key");
             }
-            walked.key_history.push((new_key.clone(), seq + 1));
+            if let Some(new_key) = &parsed.new_key {
+                let second = &parsed.signatures[1];
+                if !new_key.matches(second) || !new_key.verify(&entry[..parsed.text_len], second) {
+                    return fail("signature", file, Some(seq), "a key rotation must be signed by the new key");
+                }
+                walked.key_history.push((new_key.clone(), seq + 1));
+            }
+            if let Some((from, to)) = period {
+                if walked.period_first.is_none() && event.ts >= from {
+                    walked.period_first = Some(i);
+                }
+                if walked.period_end.is_none() && event.ts >= to {
+                    walked.period_end = Some(i);
+                }
+            }
+            if let Some((fold, sink)) = fold.as_mut() {
+                fold.push(event, &mut **sink);
+            }
+            walked.first.get_or_insert((seq, event.ts));
+            walked.last = Some((seq, event.ts));
+            walked.leaves.push(leaf);
+            walked.count += 1;
         }
-        walked.leaves.push(leaf);
-        walked.events.push(parsed.event);
     }
+    walked.sha256 = bundle::hex(&reader.hash.finalize());
     Ok(walked)
 }
 
-/// Compares a recomputed file with the bundle's, line by line (CSV: record by record).
-fn compare(file: &str, expected: &str, found: &[u8], seqs: &[u64], is_csv: bool, out: &mut Vec<Difference>) {
+/// A population's CSV file in the bundle, read record by record as the fold
+/// makes the expected rows, and hashed as it is read.
+struct CsvCursor {
+    reader: std::io::BufReader<std::fs::File>,
+    hash: sha2::Sha256,
+}
+
+impl CsvCursor {
+    /// Reads the next record with its line end into `out` (at most
+    /// [`MAX_RECORD`] bytes of it kept); false at the end of the file. A
+    /// line break inside a quoted field does not end the record.
+    fn next_record(&mut self, out: &mut Vec<u8>) -> std::io::Result<bool> {
+        use sha2::Digest as _;
+        use std::io::BufRead as _;
+        out.clear();
+        let mut quoted = false;
+        let mut any = false;
+        loop {
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                return Ok(any);
+            }
+            any = true;
+            let mut end = None;
+            for (i, byte) in available.iter().enumerate() {
+                match byte {
+                    b'"' => quoted = !quoted,
+                    b'\n' if !quoted => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let take = end.unwrap_or(available.len());
+            let keep = take.min(MAX_RECORD.saturating_sub(out.len()));
+            out.extend_from_slice(&available[..keep]);
+            self.hash.update(&available[..take]);
+            self.reader.consume(take);
+            if end.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// One population file being compared with its recomputation.
+struct CsvCheck {
+    file: String,
+    cursor: Result<CsvCursor, String>,
+    /// Records compared so far (the header is record 1).
+    records: usize,
+    differences: Vec<Difference>,
+    expected: String,
+    found: Vec<u8>,
+}
+
+impl CsvCheck {
+    fn open(dir: &Path, name: &str, columns: &[&str]) -> CsvCheck {
+        use sha2::Digest as _;
+        let file = bundle::population_file(name);
+        let cursor = std::fs::File::open(dir.join(&file))
+            .map(|f| CsvCursor { reader: std::io::BufReader::with_capacity(1 << 16, f), hash: sha2::Sha256::new() })
+            .map_err(|e| format!("cannot read: {e}"));
+        let mut check =
+            CsvCheck { file, cursor, records: 0, differences: Vec::new(), expected: String::new(), found: Vec::new() };
+        check.compare(None, Some(&csv::header(columns)));
+        check
+    }
+
+    /// Compares the next record of the file with `expected` (with its line end; `None` past the expected rows).
+    fn compare(&mut self, seq: Option<u64>, expected: Option<&str>) {
+        let Ok(cursor) = &mut self.cursor else { return };
+        let found = match cursor.next_record(&mut self.found) {
+            Ok(true) => Some(&self.found),
+            Ok(false) => None,
+            Err(e) => {
+                self.cursor = Err(format!("cannot read: {e}"));
+                return;
+            }
+        };
+        self.records += 1;
+        if expected.map(str::as_bytes) == found.map(Vec::as_slice) || self.differences.len() >= 50 {
+            return;
+        }
+        let shown = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes);
+            text.strip_suffix("\r\n").or_else(|| text.strip_suffix('\n')).unwrap_or(&text).to_string()
+        };
+        self.differences.push(Difference {
+            file: self.file.clone(),
+            row: self.records,
+            seq,
+            expected: expected.map(|e| shown(e.as_bytes())),
+            found: found.map(|f| shown(f)),
+        });
+    }
+
+    /// Compares what is left of the file with nothing; returns its SHA-256
+    /// (hex) and the differences.
+    fn finish(mut self) -> Result<(String, Vec<Difference>), ReportFailure> {
+        use sha2::Digest as _;
+        loop {
+            let cursor = match &mut self.cursor {
+                Ok(cursor) => cursor,
+                Err(reason) => return fail("layout", Some(&self.file), None, reason.clone()),
+            };
+            match cursor.next_record(&mut self.found) {
+                Ok(false) => break,
+                Ok(true) => {
+                    self.records += 1;
+                    if self.differences.len() < 50 {
+                        let text = String::from_utf8_lossy(&self.found);
+                        self.differences.push(Difference {
+                            file: self.file.clone(),
+                            row: self.records,
+                            seq: None,
+                            expected: None,
+                            found: Some(text.trim_end_matches(['\r', '\n']).to_string()),
+                        });
+                    }
+                }
+                Err(e) => self.cursor = Err(format!("cannot read: {e}")),
+            }
+        }
+        match self.cursor {
+            Ok(cursor) => Ok((bundle::hex(&cursor.hash.finalize()), self.differences)),
+            Err(reason) => fail("layout", Some(&self.file), None, reason),
+        }
+    }
+}
+
+/// The population files, compared row by row as the fold makes the rows.
+struct CsvChecks(Vec<CsvCheck>);
+
+impl RowSink for CsvChecks {
+    fn row(&mut self, population: usize, seq: u64, record: &str) {
+        let check = &mut self.0[population];
+        check.expected.clear();
+        check.expected.push_str(record);
+        check.expected.push_str("\r\n");
+        let expected = std::mem::take(&mut check.expected);
+        check.compare(Some(seq), Some(&expected));
+        check.expected = expected;
+    }
+}
+
+/// Compares a recomputed file with the bundle's, line by line.
+fn compare(file: &str, expected: &str, found: &[u8], out: &mut Vec<Difference>) {
     let found = String::from_utf8_lossy(found);
     if expected.as_bytes() == found.as_bytes() {
         return;
     }
-    let split = |text: &str| -> Vec<String> {
-        if is_csv {
-            csv::records(text).into_iter().map(str::to_string).collect()
-        } else {
-            text.lines().map(str::to_string).collect()
-        }
-    };
-    let (want, got) = (split(expected), split(&found));
+    let (want, got): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), found.lines().collect());
     let before = out.len();
     for row in 0..want.len().max(got.len()) {
         let (w, g) = (want.get(row), got.get(row));
         if w != g {
-            // Record 1 of a CSV is the header; record r > 1 is row r - 1, tied to seqs[r - 2].
-            let seq = if is_csv && row >= 1 { seqs.get(row - 1).copied() } else { None };
-            out.push(Difference { file: file.to_string(), row: row + 1, seq, expected: w.cloned(), found: g.cloned() });
+            let (expected, found) = (w.map(|s| s.to_string()), g.map(|s| s.to_string()));
+            out.push(Difference { file: file.to_string(), row: row + 1, seq: None, expected, found });
             if out.len() - before >= 50 {
                 break;
             }
@@ -304,7 +584,6 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     // 1. The fixed files.
     let manifest_bytes = read(dir, MANIFEST_FILE)?;
     let checkpoint_bytes = read(dir, CHECKPOINT_FILE)?;
-    let entries_bytes = read(dir, ENTRIES_FILE)?;
     let proof_bytes = read(dir, PROOF_FILE)?;
 
     // 2. The checkpoint and the manifest parse.
@@ -317,15 +596,26 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     let manifest =
         Manifest::parse_text(manifest_note.text).or_else(|e| fail("manifest", Some(MANIFEST_FILE), None, e.reason))?;
 
-    // 3. Every entry.
-    let entries =
-        bundle::decode_entries(&entries_bytes).or_else(|e| fail("entry-syntax", Some(ENTRIES_FILE), None, e.reason))?;
-    if entries.is_empty() {
+    // 3. Every entry, streamed: each is checked, then folded into the report,
+    // whose rows are compared with the population files as they are made
+    // (the differences are reported at step 9, after the entries' checks).
+    let period = Timestamp::parse(&manifest.from).ok().zip(Timestamp::parse(&manifest.to).ok());
+    let settings = period.map(|(from, to)| Settings { from, to, revoke_sla_ms: manifest.revoke_sla_ms });
+    let mut fold = settings.as_ref().map(compute::Fold::new);
+    let mut checks = CsvChecks(
+        compute::POPULATIONS.iter().map(|(name, _, _, columns)| CsvCheck::open(dir, name, columns)).collect(),
+    );
+    let walked = walk_entries(
+        dir,
+        &origin,
+        &options.keys,
+        period,
+        fold.as_mut().map(|fold| (fold, &mut checks as &mut dyn RowSink)),
+    )?;
+    let (Some((first_seq, first_ts)), Some((last_seq, last_ts))) = (walked.first, walked.last) else {
         return fail("boundary", Some(ENTRIES_FILE), None, "the bundle holds no entries");
-    }
-    let walked = walk_entries(&entries, &origin, &options.keys)?;
-    let first_seq = walked.events[0].seq;
-    let end_seq = first_seq + walked.events.len() as u64;
+    };
+    let end_seq = last_seq + 1;
 
     // 4. The checkpoint and the manifest are signed by the key in force at the checkpoint's size.
     let key_at = walked.key_history.iter().rev().find(|(_, from)| *from <= size).map(|(k, _)| k);
@@ -362,9 +652,9 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     }
 
     // 5. The entries are the whole period plus one boundary entry on each side.
-    let events = &walked.events;
-    let period_first = events.iter().position(|e| e.ts >= from).unwrap_or(events.len());
-    let period_end = events.iter().position(|e| e.ts >= to).unwrap_or(events.len());
+    let count = walked.count;
+    let period_first = walked.period_first.unwrap_or(count);
+    let period_end = walked.period_end.unwrap_or(count);
     match period_first {
         0 if first_seq != 0 => {
             return fail(
@@ -373,7 +663,7 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
                 Some(first_seq),
                 format!(
                     "the first entry ({}) is inside the period and is not entry 0: the boundary entry before the period is missing, so earlier entries of the period may be left out",
-                    events[0].ts
+                    first_ts
                 ),
             );
         }
@@ -382,22 +672,22 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
         }
         _ => {}
     }
-    if period_end == events.len() && end_seq != size {
+    if period_end == count && end_seq != size {
         return fail(
             "boundary",
             Some(ENTRIES_FILE),
             Some(end_seq - 1),
             format!(
                 "the last entry ({}) is inside the period and the checkpoint has later entries: the boundary entry after the period is missing",
-                events[events.len() - 1].ts
+                last_ts
             ),
         );
     }
-    if period_end + 1 < events.len() {
+    if period_end + 1 < count {
         return fail(
             "boundary",
             Some(ENTRIES_FILE),
-            Some(first_seq + period_end as u64 + 1),
+            Some(first_seq + period_end + 1),
             "more than one entry after the period",
         );
     }
@@ -502,19 +792,22 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
         }
     }
 
-    // 9. Recompute every population, the JSON and the HTML.
-    let settings = Settings { from, to, revoke_sla_ms: manifest.revoke_sla_ms };
+    // 9. Finish the recomputation: the rows later entries completed, the
+    // rest of each population file, the JSON and the HTML.
+    let Some(fold) = fold else {
+        return fail("manifest", Some(MANIFEST_FILE), None, "the period cannot be read");
+    };
     let facts = LedgerFacts {
         origin: origin.clone(),
         first_seq,
         end_seq,
-        period_first_seq: first_seq + period_first as u64,
-        period_end_seq: first_seq + period_end as u64,
+        period_first_seq: first_seq + period_first,
+        period_end_seq: first_seq + period_end,
         checkpoint_size: size,
         checkpoint_root: B64.encode(checkpoint.checkpoint.root),
         anchor_size: manifest.anchor_size,
     };
-    let report: Report = compute::report(events, &settings, facts);
+    let report: Report = fold.finish(facts, &mut checks);
     let definitions: Vec<(String, String)> =
         report.populations.iter().map(|p| (p.name.to_string(), p.definition.to_string())).collect();
     if manifest.populations != definitions {
@@ -522,22 +815,24 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     }
     let mut differences = Vec::new();
     let mut first_code = None;
-    for population in &report.populations {
-        let file = population.file();
-        let found = read(dir, &file)?;
-        let seqs: Vec<u64> = population.rows.iter().map(|r| r.seq).collect();
-        compare(&file, &csv::population(population), &found, &seqs, true, &mut differences);
-        if !differences.is_empty() && first_code.is_none() {
+    let mut hashes: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    hashes.insert(ENTRIES_FILE.into(), walked.sha256.clone());
+    for check in checks.0 {
+        let file = check.file.clone();
+        let (hash, found) = check.finish()?;
+        if !found.is_empty() && first_code.is_none() {
             first_code = Some("csv");
         }
+        differences.extend(found);
+        hashes.insert(file, hash);
     }
     let before = differences.len();
-    compare(JSON_FILE, &json::render(&report), &read(dir, JSON_FILE)?, &[], false, &mut differences);
+    compare(JSON_FILE, &json::render(&report), &read(dir, JSON_FILE)?, &mut differences);
     if differences.len() > before && first_code.is_none() {
         first_code = Some("report-json");
     }
     let before = differences.len();
-    compare(HTML_FILE, &html::render(&report), &read(dir, HTML_FILE)?, &[], false, &mut differences);
+    compare(HTML_FILE, &html::render(&report), &read(dir, HTML_FILE)?, &mut differences);
     if differences.len() > before && first_code.is_none() {
         first_code = Some("report-html");
     }
@@ -563,7 +858,11 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
         return fail("manifest", Some(MANIFEST_FILE), None, "the manifest does not list exactly the bundle's files");
     }
     for (hash, path) in &manifest.files {
-        if bundle::sha256_hex(&read(dir, path)?) != *hash {
+        let actual = match hashes.get(path) {
+            Some(streamed) => streamed.clone(),
+            None => bundle::sha256_hex(&read(dir, path)?),
+        };
+        if actual != *hash {
             return fail("file-hash", Some(path), None, "SHA-256 differs from the manifest's");
         }
     }
@@ -583,7 +882,7 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
         checkpoint_root: B64.encode(checkpoint.checkpoint.root),
         anchor_size: anchor_checked,
         files: manifest.files.len() + 1,
-        populations: report.populations.iter().map(|p| (p.name.to_string(), p.rows.len())).collect(),
+        populations: report.populations.iter().map(|p| (p.name.to_string(), p.rows)).collect(),
         controls: report.controls.iter().map(|c| (c.id.to_string(), c.exceptions.len())).collect(),
         manifest_sha256: bundle::sha256_hex(&manifest_bytes),
     })
