@@ -365,7 +365,11 @@ async fn main() -> anyhow::Result<()> {
             let grants = arg(&args, "--grants", 100_000u64)?;
             let dir = tempdir("report")?;
             let result = report::bench(&dir, events, grants, &mut out).await;
-            let _ = std::fs::remove_dir_all(&dir);
+            if args.iter().any(|a| a == "--keep") {
+                eprintln!("kept the ledger and the bundle in {}", dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             result?;
         }
         Some("reconciler") => {
@@ -392,7 +396,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | report [--events N] [--grants G] | all [--events N]"
+                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | report [--events N] [--grants G] [--keep] | all [--events N]"
             );
             std::process::exit(2);
         }
