@@ -718,3 +718,76 @@ async fn a_break_glass_grant_reaches_the_webhooks_its_rule_names_whatever_their_
     drop(s);
     close(ledger, thread).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_gets_a_report_bundle_that_verifies_and_refused_requests_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("log.key");
+    portcullis::keyfile::write(&key_path, &signer(1)).unwrap();
+    let (ledger, thread) = open(dir.path(), signer(1)).unwrap();
+    let mut s = service(dir.path(), ledger.clone()).await;
+    let reports = dir.path().join("reports");
+    let mut state =
+        AppState::new(ledger.clone(), Some(Arc::clone(&s.workflow)), Tokens::load(&dir.path().join("tokens")).unwrap());
+    state.reports = Some(portcullis::report::ReportSettings { dir: reports.clone(), key_path, revoke_sla_ms: 1000 });
+    s.router = app(Arc::new(state));
+
+    // Given a request approved twice into a grant, then ended early.
+    let (_, request) = s.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+    let id = request["id"].as_str().unwrap().to_string();
+    s.call(Some("lead1"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    let (_, second) = s.call(Some("lead2"), "POST", &format!("/v1/requests/{id}/approve"), None, None).await;
+    let grant_id = second["grant"]["id"].as_str().unwrap().to_string();
+    let (status, _) = s.call(Some("alice"), "POST", &format!("/v1/grants/{grant_id}/end"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let size = ledger.head().size;
+
+    // When requests are refused: by someone who is not an admin, or with bad fields.
+    let period = json!({"report": "soc2", "from": "2000-01-01", "to": "2100-01-01"});
+    let (status, body) = s.call(Some("alice"), "POST", "/v1/reports", Some(period.clone()), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for (body, field) in [
+        (json!({"to": "2100-01-01"}), "from"),
+        (json!({"from": "2000-01-01", "to": "1999-12-31"}), "to"),
+        (json!({"from": "2000-13-01", "to": "2100-01-01"}), "from"),
+        (json!({"report": "iso27001", "from": "2000-01-01", "to": "2100-01-01"}), "report"),
+        (json!({"from": 2000, "to": "2100-01-01"}), "from"),
+        (json!({"from": "2000-01-01", "to": "2100-01-01", "anchor": "not a checkpoint"}), "anchor"),
+    ] {
+        let (status, answer) = s.call(Some("admin"), "POST", "/v1/reports", Some(body.clone()), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {answer}");
+        assert_eq!(answer["field"], field, "{body} -> {answer}");
+    }
+    // Then nothing was written or recorded.
+    let bundles = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    assert_eq!(bundles(&reports), 0, "a refused request leaves no bundle, not even a partial one");
+    assert_eq!(ledger.head().size, size, "a refused request records nothing");
+
+    // When an admin asks for the period.
+    let (status, answer) = s.call(Some("admin"), "POST", "/v1/reports", Some(period), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+
+    // Then the bundle is in the reports directory and verifies with the log key, with the workflow's rows.
+    let path = std::path::PathBuf::from(answer["path"].as_str().unwrap());
+    assert!(path.starts_with(&reports), "{answer}");
+    let keys = KeySet::new(vec![portcullis_format::keys::PinnedKey::parse(&signer(1).verifier().to_string()).unwrap()]);
+    let options = portcullis_verify::report::ReportOptions { keys, anchor: None, witness_policy: None };
+    let summary = portcullis_verify::report::verify_report(&path, &options).unwrap();
+    let rows = |name: &str| summary.populations.iter().find(|(n, _)| n == name).map(|(_, rows)| *rows);
+    assert_eq!(rows("access_requests"), Some(1));
+    assert_eq!(rows("approvals"), Some(2));
+    assert_eq!(rows("grants"), Some(1));
+    assert_eq!(rows("grant_endings"), Some(1));
+    assert_eq!(summary.manifest_sha256, answer["manifest_sha256"].as_str().unwrap());
+    assert!(!summary.period_closed, "the ledger ends inside the period");
+
+    // And its generation is recorded in the ledger, naming the manifest.
+    let seq = answer["event_seq"].as_u64().unwrap();
+    assert_eq!(seq, size, "report.generated is the next entry");
+    let entry = portcullis::store::Store::entries(ledger.store().as_ref(), seq, 1).unwrap().pop().unwrap();
+    let event = portcullis_format::event::ParsedEntry::parse(&entry).unwrap().event;
+    assert_eq!(event.draft.kind, "report.generated");
+    assert_eq!(event.draft.actor.sub, "root@example.com");
+    assert_eq!(event.draft.data.get("manifest_sha256").and_then(|v| v.as_str()), answer["manifest_sha256"].as_str());
+    close(ledger, thread).await;
+}

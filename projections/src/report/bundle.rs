@@ -302,21 +302,13 @@ impl RangeProof {
         Ok(RangeProof { start, end, size, left, right, anchor })
     }
 
-    /// Checks that `leaves` (the leaf hashes of entries `start..end`) are in the
-    /// tree of `size` leaves whose root is `root`.
+    /// The frontier of the tree of `start` leaves that the proof gives; the
+    /// leaf hashes of the bundle's entries are pushed onto it, in order, and
+    /// [`RangeProof::verify_frontier`] then checks where they lead.
     ///
     /// # Errors
     /// A text naming what does not hold.
-    pub fn verify(&self, leaves: &[Hash], root: &Hash) -> Result<(), String> {
-        if self.start + leaves.len() as u64 != self.end || self.end > self.size {
-            return Err(format!(
-                "the proof is for entries {}..{} of a tree of size {}, the bundle holds {} entries",
-                self.start,
-                self.end,
-                self.size,
-                leaves.len()
-            ));
-        }
+    pub fn frontier(&self) -> Result<Frontier, String> {
         let nodes = frontier_nodes(self.start);
         if nodes.len() != self.left.len() {
             return Err(format!(
@@ -326,10 +318,25 @@ impl RangeProof {
                 self.left.len()
             ));
         }
-        let mut frontier = Frontier::load(self.start, &Listed(&nodes, &self.left))
-            .map_err(|()| "the frontier hashes do not fit the start".to_string())?;
-        for leaf in leaves {
-            frontier.push(*leaf, |_, _, _| {});
+        Frontier::load(self.start, &Listed(&nodes, &self.left))
+            .map_err(|()| "the frontier hashes do not fit the start".to_string())
+    }
+
+    /// Checks that `frontier` (this proof's [`RangeProof::frontier`] with the
+    /// leaf hashes of entries `start..end` pushed) is in the tree of `size`
+    /// leaves whose root is `root`.
+    ///
+    /// # Errors
+    /// A text naming what does not hold.
+    pub fn verify_frontier(&self, frontier: &Frontier, root: &Hash) -> Result<(), String> {
+        if frontier.size() != self.end || self.end > self.size {
+            return Err(format!(
+                "the proof is for entries {}..{} of a tree of size {}, the bundle holds {} entries",
+                self.start,
+                self.end,
+                self.size,
+                frontier.size().saturating_sub(self.start)
+            ));
         }
         verify_consistency(self.end, self.size, &frontier.root(), root, &self.right)
             .map_err(|e: ProofError| format!("the entries do not lead to the checkpoint's root through the proof: {e}"))

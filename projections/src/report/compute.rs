@@ -200,7 +200,7 @@ pub const POPULATIONS: &[(&str, &str, &str, &[&str])] = &[
     (
         "break_glass",
         "Break-glass uses and reviews",
-        "One row per grant.activated (v1) entry in the period with break_glass true, with its first grant.break_glass_reviewed in the period (reviewed true/false); then one row per grant.break_glass_reviewed in the period whose grant was activated before the period.",
+        "One row per grant.activated (v1) entry in the period with break_glass true, with its first grant.break_glass_reviewed in the period (reviewed true/false); then one row per grant.break_glass_reviewed in the period whose grant was activated before the period (its ledger_seq is the review's entry).",
         BREAK_GLASS,
     ),
     (
@@ -897,6 +897,7 @@ impl Fold {
         }
         for (seq, grant_id, (_, reviewer, time, comment)) in std::mem::take(&mut self.late_reviews) {
             let mut cells: [String; 13] = Default::default();
+            cells[0] = seq.to_string();
             cells[1] = grant_id;
             cells[8] = seq.to_string();
             cells[9] = reviewer.to_string();

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use portcullis_format::checkpoint::SignedCheckpoint;
 use portcullis_format::event::ParsedEntry;
 use portcullis_format::keys::{KeySet, PinnedKey};
-use portcullis_format::merkle::{Hash, leaf_hash, verify_consistency};
+use portcullis_format::merkle::{Frontier, Hash, leaf_hash, verify_consistency};
 use portcullis_format::note::{self, Note, VerifierKey};
 use portcullis_format::time::Timestamp;
 use portcullis_projections::report::bundle::{
@@ -137,7 +137,7 @@ fn list_files(dir: &Path) -> Result<Vec<String>, ReportFailure> {
 
 /// Entries read, checked and folded per round: the raw entries and their
 /// parsed events of one round are all that is held of them.
-const ROUND: usize = 8192;
+const ROUND: usize = 4096;
 
 /// The longest CSV record kept for comparison and shown in a difference.
 const MAX_RECORD: usize = 1 << 20;
@@ -148,7 +148,8 @@ struct Walked {
     first: Option<(u64, Timestamp)>,
     last: Option<(u64, Timestamp)>,
     count: u64,
-    leaves: Vec<Hash>,
+    /// The leaf hash of the last entry.
+    last_leaf: Hash,
     key_history: Vec<(VerifierKey, u64)>,
     /// Index of the first entry at or after the period's start and end.
     period_first: Option<u64>,
@@ -236,12 +237,15 @@ fn walk_entries(
     dir: &Path,
     origin: &str,
     keys: &KeySet,
+    expected: u64,
     period: Option<(Timestamp, Timestamp)>,
+    mut frontier: Option<&mut Frontier>,
     mut fold: Option<(&mut compute::Fold, &mut dyn RowSink)>,
 ) -> Result<Walked, ReportFailure> {
     use sha2::Digest as _;
     let file = std::fs::File::open(dir.join(ENTRIES_FILE))
         .or_else(|e| fail("layout", Some(ENTRIES_FILE), None, format!("cannot read: {e}")))?;
+    let file_len = file.metadata().ok().map(|m| m.len());
     let mut reader = EntryReader {
         reader: std::io::BufReader::with_capacity(1 << 20, file),
         hash: sha2::Sha256::new(),
@@ -252,13 +256,16 @@ fn walk_entries(
         first: None,
         last: None,
         count: 0,
-        leaves: Vec::new(),
+        last_leaf: [0u8; 32],
         key_history: Vec::new(),
         period_first: None,
         period_end: None,
         sha256: String::new(),
     };
-    let mut ids = HashSet::new();
+    // Room for the entries the manifest names, if the file can hold them (an
+    // entry is more than 64 bytes): no rehashing midway.
+    let room = file_len.map_or(0, |len| expected.min(len / 64));
+    let mut ids = HashSet::with_capacity(usize::try_from(room).unwrap_or(0));
     let file = Some(ENTRIES_FILE);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
     let mut presumed: Option<VerifierKey> = None;
@@ -316,7 +323,7 @@ fn walk_entries(
                         format!("entry {i} of the file says seq {seq}, expected {}", previous_seq + 1),
                     );
                 }
-                if event.prev != walked.leaves[walked.leaves.len() - 1] {
+                if event.prev != walked.last_leaf {
                     return fail("prev-hash", file, Some(seq), "prev is not the leaf hash of the previous entry");
                 }
                 if event.ts < previous_ts {
@@ -397,7 +404,10 @@ fn walk_entries(
             }
             walked.first.get_or_insert((seq, event.ts));
             walked.last = Some((seq, event.ts));
-            walked.leaves.push(leaf);
+            if let Some(frontier) = frontier.as_mut() {
+                frontier.push(leaf, |_, _, _| {});
+            }
+            walked.last_leaf = leaf;
             walked.count += 1;
         }
     }
@@ -605,11 +615,18 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     let mut checks = CsvChecks(
         compute::POPULATIONS.iter().map(|(name, _, _, columns)| CsvCheck::open(dir, name, columns)).collect(),
     );
+    // The range proof's frontier takes each entry's leaf hash as it passes (step 6 checks where they lead).
+    let proof = std::str::from_utf8(&proof_bytes)
+        .or_else(|_| fail("proof", Some(PROOF_FILE), None, "not UTF-8"))
+        .and_then(|text| RangeProof::parse(text).or_else(|e| fail("proof", Some(PROOF_FILE), None, e.reason)));
+    let mut frontier = proof.as_ref().ok().map(RangeProof::frontier);
     let walked = walk_entries(
         dir,
         &origin,
         &options.keys,
+        manifest.end_seq.saturating_sub(manifest.first_seq),
         period,
+        frontier.as_mut().and_then(|f| f.as_mut().ok()),
         fold.as_mut().map(|fold| (fold, &mut checks as &mut dyn RowSink)),
     )?;
     let (Some((first_seq, first_ts)), Some((last_seq, last_ts))) = (walked.first, walked.last) else {
@@ -693,9 +710,7 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     }
 
     // 6. The range proof ties the entries to the checkpoint.
-    let proof_text =
-        std::str::from_utf8(&proof_bytes).or_else(|_| fail("proof", Some(PROOF_FILE), None, "not UTF-8"))?;
-    let proof = RangeProof::parse(proof_text).or_else(|e| fail("proof", Some(PROOF_FILE), None, e.reason))?;
+    let proof = proof?;
     if proof.start != first_seq || proof.size != size {
         return fail(
             "proof",
@@ -707,8 +722,9 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
             ),
         );
     }
-    proof
-        .verify(&walked.leaves, &checkpoint.checkpoint.root)
+    frontier
+        .unwrap_or_else(|| proof.frontier())
+        .and_then(|frontier| proof.verify_frontier(&frontier, &checkpoint.checkpoint.root))
         .or_else(|reason| fail("proof", Some(PROOF_FILE), None, reason))?;
     if (manifest.first_seq, manifest.end_seq, manifest.checkpoint_size) != (first_seq, end_seq, size) {
         return fail(
