@@ -267,33 +267,180 @@ fn walk_entries(
     let room = file_len.map_or(0, |len| expected.min(len / 64));
     let mut ids = HashSet::with_capacity(usize::try_from(room).unwrap_or(0));
     let file = Some(ENTRIES_FILE);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
-    let mut presumed: Option<VerifierKey> = None;
-    let mut buf = Vec::new();
-    loop {
-        let ranges = reader.round(&mut buf, ROUND)?;
-        if ranges.is_empty() {
-            break;
+    std::thread::scope(|scope| {
+        // One thread reads and prepares round k+1 (on all cores) while this
+        // one runs the order-dependent checks and the fold over round k.
+        let (sender, rounds) = std::sync::mpsc::sync_channel::<Result<Round, ReportFailure>>(1);
+        let producer = scope.spawn(move || {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
+            let mut presumed: Option<VerifierKey> = None;
+            loop {
+                let mut buf = Vec::new();
+                let ranges = match reader.round(&mut buf, ROUND) {
+                    Ok(ranges) if ranges.is_empty() => break,
+                    Ok(ranges) => ranges,
+                    Err(failure) => {
+                        let _ = sender.send(Err(failure));
+                        break;
+                    }
+                };
+                if presumed.is_none() {
+                    presumed = ParsedEntry::parse(&buf[ranges[0].clone()]).ok().and_then(|p| {
+                        keys.candidates(p.event.seq)
+                            .find(|k| k.name() == origin && k.matches(&p.signatures[0]))
+                            .cloned()
+                    });
+                }
+                let prepared = prepare(&buf, &ranges, presumed.as_ref(), threads);
+                if sender.send(Ok(Round { buf, ranges, prepared, presumed: presumed.clone() })).is_err() {
+                    break; // the checks stopped at a failure
+                }
+            }
+            reader.hash
+        });
+        for round in rounds {
+            let Round { buf, ranges, prepared, presumed } = round?;
+            let entries = ranges.iter().map(|r| &buf[r.clone()]);
+            for (entry, (parsed, leaf, presumed_ok)) in entries.zip(prepared) {
+                let i = walked.count;
+                let parsed = parsed.or_else(|e| fail("entry-syntax", file, walked.last.map(|(seq, _)| seq + 1), e))?;
+                let event = &parsed.event;
+                let seq = event.seq;
+                if let Some((previous_seq, previous_ts)) = walked.last {
+                    if seq != previous_seq + 1 {
+                        return fail(
+                            "sequence",
+                            file,
+                            Some(seq),
+                            format!("entry {i} of the file says seq {seq}, expected {}", previous_seq + 1),
+                        );
+                    }
+                    if event.prev != walked.last_leaf {
+                        return fail("prev-hash", file, Some(seq), "prev is not the leaf hash of the previous entry");
+                    }
+                    if event.ts < previous_ts {
+                        return fail(
+                            "timestamp",
+                            file,
+                            Some(seq),
+                            format!("timestamp {} is earlier than the previous entry's", event.ts),
+                        );
+                    }
+                } else if seq == 0 && event.prev != [0u8; 32] {
+                    return fail("prev-hash", file, Some(seq), "entry 0 must have 32 zero bytes as prev");
+                }
+                if event.log != origin {
+                    return fail(
+                        "origin",
+                        file,
+                        Some(seq),
+                        format!("entry belongs to log {:?}, not {origin:?}", event.log),
+                    );
+                }
+                if !ids.insert(event.draft.id) {
+                    return fail("duplicate-id", file, Some(seq), format!("event id {} is repeated", event.draft.id));
+                }
+                let first = &parsed.signatures[0];
+                if walked.key_history.is_empty() {
+                    let Some(key) = keys.candidates(seq).find(|k| k.name() == origin && k.matches(first)).cloned()
+                    else {
+                        return fail(
+                            "key-not-in-force",
+                            file,
+                            Some(seq),
+                            "not signed by a key pinned for this sequence number",
+                        );
+                    };
+                    walked.key_history.push((key, seq));
+                }
+                let history = &walked.key_history;
+                let (current, _) = &history[history.len() - 1];
+                let verified = if presumed.as_ref() == Some(current) {
+                    presumed_ok
+                } else {
+                    current.matches(first) && current.verify(&entry[..parsed.text_len], first)
+                };
+                if !verified {
+                    return fail(
+                        "signature",
+                        file,
+                        Some(seq),
+                        format!("signature line 1 does not verify under the key in force {current}"),
+                    );
+                }
+                let earlier = &history[..history.len() - 1];
+                if !keys.permits(current, seq, |pinned| earlier.iter().any(|(k, _)| k == pinned)) {
+                    return fail(
+                        "key-not-in-force",
+                        file,
+                        Some(seq),
+                        format!("key {current} is pinned for other sequence numbers"),
+                    );
+                }
+                if let Some(new_key) = &parsed.new_key {
+                    let second = &parsed.signatures[1];
+                    if !new_key.matches(second) || !new_key.verify(&entry[..parsed.text_len], second) {
+                        return fail("signature", file, Some(seq), "a key rotation must be signed by the new key");
+                    }
+                    walked.key_history.push((new_key.clone(), seq + 1));
+                }
+                if let Some((from, to)) = period {
+                    if walked.period_first.is_none() && event.ts >= from {
+                        walked.period_first = Some(i);
+                    }
+                    if walked.period_end.is_none() && event.ts >= to {
+                        walked.period_end = Some(i);
+                    }
+                }
+                if let Some((fold, sink)) = fold.as_mut() {
+                    fold.push(event, &mut **sink);
+                }
+                walked.first.get_or_insert((seq, event.ts));
+                walked.last = Some((seq, event.ts));
+                if let Some(frontier) = frontier.as_mut() {
+                    frontier.push(leaf, |_, _, _| {});
+                }
+                walked.last_leaf = leaf;
+                walked.count += 1;
+            }
         }
-        let entries: Vec<&[u8]> = ranges.iter().map(|r| &buf[r.clone()]).collect();
-        // Parsing, leaf hashes and signature line 1 under the key presumed in
-        // force (the pinned key the first entry is signed by) run on all
-        // cores; the loop below then runs the order-dependent checks and
-        // verifies again, one at a time, only entries signed after a key rotation.
-        if walked.count == 0 {
-            presumed = entries.first().and_then(|e| ParsedEntry::parse(e).ok()).and_then(|p| {
-                keys.candidates(p.event.seq).find(|k| k.name() == origin && k.matches(&p.signatures[0])).cloned()
-            });
-        }
-        let chunk = entries.len().div_ceil(threads).max(1);
-        let prepared: Vec<(Result<ParsedEntry, String>, Hash, bool)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = entries
-                .chunks(chunk)
-                .map(|part| {
-                    let presumed = presumed.as_ref();
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|entry| match ParsedEntry::parse(entry) {
+        // A producer's panic is the verifier's: never a shorter walk.
+        let hash = producer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        walked.sha256 = bundle::hex(&hash.finalize());
+        Ok(walked)
+    })
+}
+
+/// A round of entries read from the file and prepared: the raw bytes, each
+/// entry's range in them, and for each entry its parse, its leaf hash and
+/// whether signature line 1 verifies under the presumed key.
+struct Round {
+    buf: Vec<u8>,
+    ranges: Vec<std::ops::Range<usize>>,
+    prepared: Vec<(Result<ParsedEntry, String>, Hash, bool)>,
+    presumed: Option<VerifierKey>,
+}
+
+/// Parses the entries of a round, hashes them and verifies signature line 1
+/// under the key presumed in force (the pinned key the first entry is signed
+/// by), on `threads` threads; the walk then verifies again, one at a time,
+/// only entries signed after a key rotation.
+fn prepare(
+    buf: &[u8],
+    ranges: &[std::ops::Range<usize>],
+    presumed: Option<&VerifierKey>,
+    threads: usize,
+) -> Vec<(Result<ParsedEntry, String>, Hash, bool)> {
+    let chunk = ranges.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = ranges
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|range| {
+                            let entry = &buf[range.clone()];
+                            match ParsedEntry::parse(entry) {
                                 Ok(p) => {
                                     let first = &p.signatures[0];
                                     let ok = presumed
@@ -301,118 +448,15 @@ fn walk_entries(
                                     (Ok(p), leaf_hash(entry), ok)
                                 }
                                 Err(e) => (Err(e.to_string()), [0u8; 32], false),
-                            })
-                            .collect::<Vec<_>>()
-                    })
+                            }
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect();
-            // A worker's panic is the verifier's: never a shorter list of entries.
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        });
-        for (entry, (parsed, leaf, presumed_ok)) in entries.iter().zip(prepared) {
-            let i = walked.count;
-            let parsed = parsed.or_else(|e| fail("entry-syntax", file, walked.last.map(|(seq, _)| seq + 1), e))?;
-            let event = &parsed.event;
-            let seq = event.seq;
-            if let Some((previous_seq, previous_ts)) = walked.last {
-                if seq != previous_seq + 1 {
-                    return fail(
-                        "sequence",
-                        file,
-                        Some(seq),
-                        format!("entry {i} of the file says seq {seq}, expected {}", previous_seq + 1),
-                    );
-                }
-                if event.prev != walked.last_leaf {
-                    return fail("prev-hash", file, Some(seq), "prev is not the leaf hash of the previous entry");
-                }
-                if event.ts < previous_ts {
-                    return fail(
-                        "timestamp",
-                        file,
-                        Some(seq),
-                        format!("timestamp {} is earlier than the previous entry's", event.ts),
-                    );
-                }
-            } else if seq == 0 && event.prev != [0u8; 32] {
-                return fail("prev-hash", file, Some(seq), "entry 0 must have 32 zero bytes as prev");
-            }
-            if event.log != origin {
-                return fail(
-                    "origin",
-                    file,
-                    Some(seq),
-                    format!("entry belongs to log {:?}, not {origin:?}", event.log),
-                );
-            }
-            if !ids.insert(event.draft.id) {
-                return fail("duplicate-id", file, Some(seq), format!("event id {} is repeated", event.draft.id));
-            }
-            let first = &parsed.signatures[0];
-            if walked.key_history.is_empty() {
-                let Some(key) = keys.candidates(seq).find(|k| k.name() == origin && k.matches(first)).cloned() else {
-                    return fail(
-                        "key-not-in-force",
-                        file,
-                        Some(seq),
-                        "not signed by a key pinned for this sequence number",
-                    );
-                };
-                walked.key_history.push((key, seq));
-            }
-            let history = &walked.key_history;
-            let (current, _) = &history[history.len() - 1];
-            let verified = if presumed.as_ref() == Some(current) {
-                presumed_ok
-            } else {
-                current.matches(first) && current.verify(&entry[..parsed.text_len], first)
-            };
-            if !verified {
-                return fail(
-                    "signature",
-                    file,
-                    Some(seq),
-                    format!("signature line 1 does not verify under the key in force {current}"),
-                );
-            }
-            let earlier = &history[..history.len() - 1];
-            if !keys.permits(current, seq, |pinned| earlier.iter().any(|(k, _)| k == pinned)) {
-                return fail(
-                    "key-not-in-force",
-                    file,
-                    Some(seq),
-                    format!("key {current} is pinned for other sequence numbers"),
-                );
-            }
-            if let Some(new_key) = &parsed.new_key {
-                let second = &parsed.signatures[1];
-                if !new_key.matches(second) || !new_key.verify(&entry[..parsed.text_len], second) {
-                    return fail("signature", file, Some(seq), "a key rotation must be signed by the new key");
-                }
-                walked.key_history.push((new_key.clone(), seq + 1));
-            }
-            if let Some((from, to)) = period {
-                if walked.period_first.is_none() && event.ts >= from {
-                    walked.period_first = Some(i);
-                }
-                if walked.period_end.is_none() && event.ts >= to {
-                    walked.period_end = Some(i);
-                }
-            }
-            if let Some((fold, sink)) = fold.as_mut() {
-                fold.push(event, &mut **sink);
-            }
-            walked.first.get_or_insert((seq, event.ts));
-            walked.last = Some((seq, event.ts));
-            if let Some(frontier) = frontier.as_mut() {
-                frontier.push(leaf, |_, _, _| {});
-            }
-            walked.last_leaf = leaf;
-            walked.count += 1;
-        }
-    }
-    walked.sha256 = bundle::hex(&reader.hash.finalize());
-    Ok(walked)
+            })
+            .collect();
+        // A worker's panic is the verifier's: never a shorter list of entries.
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 /// A population's CSV file in the bundle, read record by record as the fold
