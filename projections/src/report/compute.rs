@@ -1046,9 +1046,9 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 fn grants_over_time(times: &[Timestamp], settings: &Settings) -> Vec<Bar> {
     let span = settings.to.unix_micros() - settings.from.unix_micros();
     let units: [(i64, usize); 6] = [
-        (MICROS_PER_SECOND, 20),
-        (60 * MICROS_PER_SECOND, 17),
-        (3_600 * MICROS_PER_SECOND, 14),
+        (MICROS_PER_SECOND, 19),
+        (60 * MICROS_PER_SECOND, 16),
+        (3_600 * MICROS_PER_SECOND, 13),
         (86_400 * MICROS_PER_SECOND, 10),
         (7 * 86_400 * MICROS_PER_SECOND, 10),
         (30 * 86_400 * MICROS_PER_SECOND, 10),

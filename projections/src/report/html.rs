@@ -23,7 +23,7 @@ pub fn escape(text: &str) -> String {
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1.5rem;color:#1b1f24;line-height:1.45}
 h1{font-size:1.7rem;margin-bottom:.2rem}h2{font-size:1.3rem;margin-top:2.2rem;border-bottom:2px solid #d0d7de;padding-bottom:.2rem}h3{font-size:1.05rem;margin-top:1.5rem}
 table{border-collapse:collapse;width:100%;margin:.6rem 0;font-size:.9rem}th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#f3f5f7}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#57606a}.ok{color:#116329;font-weight:600}.bad{color:#a40e26;font-weight:600}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#57606a}.ok{color:#116329;font-weight:600}.bad{color:#a40e26;font-weight:600}td.bad{white-space:nowrap}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.85em;word-break:break-all}
 .control{border:1px solid #d0d7de;border-radius:6px;padding:.4rem 1rem 1rem;margin:1rem 0;page-break-inside:avoid}
 svg{max-width:100%;height:auto}svg text{font-family:system-ui,sans-serif}
@@ -40,8 +40,10 @@ fn figure_value(f: &Figure) -> String {
 /// An inline SVG bar chart with a y axis from 0 to the largest count.
 fn chart(title: &str, bars: &[Bar], bar_color: &str) -> String {
     let width = 760.0_f64;
-    let height = 260.0_f64;
-    let (left, right, top, bottom) = (44.0, 10.0, 24.0, 70.0);
+    let height = 300.0_f64;
+    // Room above the plot for the title and the tallest bar's count, and on
+    // the left for the first slanted label.
+    let (left, right, top, bottom) = (84.0, 10.0, 44.0, 84.0);
     let max = bars.iter().map(|b| b.count).max().unwrap_or(0).max(1);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
@@ -79,7 +81,8 @@ fn chart(title: &str, bars: &[Bar], bar_color: &str) -> String {
             escape(&bar.label),
             bar.count
         );
-        if bar.count > 0 {
+        // Counts over bars too narrow for them would overlap; each bar's <title> still gives it.
+        if bar.count > 0 && slot >= 24.0 {
             let _ = write!(
                 svg,
                 "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{}</text>",
