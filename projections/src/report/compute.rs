@@ -170,19 +170,19 @@ pub const POPULATIONS: &[(&str, &str, &str, &[&str])] = &[
     (
         "approvals",
         "Approvals and denials",
-        "Every request.approved and request.denied (v1) entry in the period, in ledger order; request_seq and requester come from the request.created entry of request_id when it is in the bundle (else empty); approver_is_requester is true when the approver's subject equals that requester.",
+        "Every request.approved and request.denied (v1) entry in the period, in ledger order; request_seq and requester come from the request.created entry of request_id when it is earlier in the period (else empty); approver_is_requester is true when the approver's subject equals that requester.",
         APPROVALS,
     ),
     (
         "grants",
         "Grants",
-        "Every grant.activated (v1) entry in the period, in ledger order; extended_end_time is the last grant.extended expires_at for it in the period; end_* is its first grant.ended, grant.revoked or grant.expired in the period; removal_* and time_to_revoke_ms are from its first binding.removed in the period (latency_ms); approval_evidence is break-glass, auto-approved (0 approvals required), in-period (request.created in the period), or before-period.",
+        "Every grant.activated (v1) entry in the period, in ledger order; extended_end_time is the last grant.extended expires_at for it in the period; end_* is its first grant.ended, grant.revoked or grant.expired in the period; removal_* and time_to_revoke_ms are from its first binding.removed in the period (latency_ms); approval_evidence is break-glass, auto-approved (0 approvals required), in-period (request.created and enough distinct approvals earlier in the period), missing (request.created in the period without them: exception grant-without-approval), or before-period.",
         GRANTS,
     ),
     (
         "grant_endings",
         "Early ends, revocations and expiries",
-        "Every grant.ended (end_type ended), grant.revoked (revoked) and grant.expired (expired) v1 entry in the period, in ledger order; grant_seq is the grant.activated entry when it is in the bundle.",
+        "Every grant.ended (end_type ended), grant.revoked (revoked) and grant.expired (expired) v1 entry in the period, in ledger order; grant_seq is the grant.activated entry when it is earlier in the period.",
         ENDINGS,
     ),
     (
@@ -200,7 +200,7 @@ pub const POPULATIONS: &[(&str, &str, &str, &[&str])] = &[
     (
         "break_glass",
         "Break-glass uses and reviews",
-        "One row per grant.activated (v1) entry in the period with break_glass true, with its first grant.break_glass_reviewed in the period (reviewed true/false); then one row per grant.break_glass_reviewed in the period whose grant was activated before the period (its ledger_seq is the review's entry).",
+        "One row per grant.activated (v1) entry in the period with break_glass true, with its first grant.break_glass_reviewed in the period (reviewed true/false); then one row per other grant.break_glass_reviewed in the period (of a grant activated before the period or not break-glass, or a later review), whose ledger_seq and event_time are the review's.",
         BREAK_GLASS,
     ),
     (
@@ -239,6 +239,35 @@ fn opt(s: Option<&str>) -> String {
 
 fn opt_num(n: Option<u64>) -> String {
     n.map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// The exception of an entry of a kind the report reads whose data it cannot read.
+const UNREADABLE: &str = "unreadable-event";
+
+/// The control whose populations an event kind feeds (`None` for kinds the report does not read).
+fn control_of(kind: &str) -> Option<&'static str> {
+    use crate::cluster::kind as observed;
+    use crate::events::kind as workflow;
+    match kind {
+        workflow::REQUEST_CREATED
+        | workflow::REQUEST_CANCELLED
+        | workflow::REQUEST_EXPIRED
+        | workflow::GRANT_ACTIVATED
+        | workflow::EXTENSION_REQUESTED
+        | workflow::EXTENSION_APPROVED
+        | workflow::EXTENSION_DENIED
+        | workflow::GRANT_EXTENDED => Some("CC6.1"),
+        workflow::REQUEST_APPROVED | workflow::REQUEST_DENIED => Some("CC6.2"),
+        workflow::GRANT_ENDED
+        | workflow::GRANT_REVOKED
+        | workflow::GRANT_EXPIRED
+        | workflow::CREDENTIAL_ISSUED
+        | observed::BINDING_APPLIED
+        | observed::BINDING_REMOVED => Some("CC6.3"),
+        workflow::BREAK_GLASS_REVIEWED | observed::DRIFT | observed::STANDING_ACCESS => Some("CC7.2"),
+        workflow::POLICY_LOADED | workflow::POLICY_PROPOSED | observed::ROUTE_CHANGED => Some("CC8.1"),
+        _ => None,
+    }
 }
 
 /// The index of each population in [`POPULATIONS`].
@@ -354,7 +383,8 @@ pub struct Fold {
     grants: HashMap<String, GrantInfo>,
     grant_rows: Vec<PendingGrant>,
     reviews: HashMap<String, Review>,
-    /// Reviews of grants activated before the period: `(seq, grant id, review)`.
+    /// Every other review (of a grant activated before the period or not
+    /// break-glass, or a later review of one): `(seq, grant id, review)`.
     late_reviews: Vec<(u64, String, Review)>,
     latencies: Vec<i64>,
     exceptions: BTreeMap<&'static str, Vec<Exception>>,
@@ -418,6 +448,13 @@ impl Fold {
             self.workflow(event, payload, sink);
         } else if let Some(observation) = Observation::from_event(event) {
             self.observation(event, observation, sink);
+        } else if let Some(control) = control_of(&event.draft.kind) {
+            // A kind the report reads, in a form it cannot: the evidence has a hole the auditor must see.
+            let detail = format!(
+                "a {} entry (v{}) whose data is not the version 1 form this report reads: it is in no population",
+                event.draft.kind, event.draft.v
+            );
+            self.exception(control, Exception { code: UNREADABLE, seq: event.seq, related: Vec::new(), detail });
         }
     }
 
@@ -569,8 +606,10 @@ impl Fold {
             Payload::BreakGlassReviewed(d) => {
                 self.count("break_glass_reviews");
                 let review = (seq, self.people.sub(&actor), time, d.comment);
-                if self.grants.contains_key(&d.grant_id) {
-                    self.reviews.entry(d.grant_id).or_insert(review);
+                let first_of_use = self.grants.get(&d.grant_id).is_some_and(|g| g.break_glass.is_some())
+                    && !self.reviews.contains_key(&d.grant_id);
+                if first_of_use {
+                    self.reviews.insert(d.grant_id, review);
                 } else {
                     self.late_reviews.push((seq, d.grant_id, review));
                 }
@@ -899,6 +938,7 @@ impl Fold {
             let mut cells: [String; 13] = Default::default();
             cells[0] = seq.to_string();
             cells[1] = grant_id;
+            cells[2] = time.clone();
             cells[8] = seq.to_string();
             cells[9] = reviewer.to_string();
             cells[10] = time;
@@ -951,8 +991,17 @@ fn controls(
     let ms = |key: &'static str, label: &'static str, value: Option<i64>| Figure { key, label, value, unit: "ms" };
     let mut sorted = latencies.to_vec();
     sorted.sort_unstable();
-    let mut take = |id: &str| exceptions.remove(id).unwrap_or_default();
-    let count_of = |list: &[Exception]| Some(list.len() as i64);
+    // Each control's exceptions in ledger order.
+    let mut take = |id: &str| {
+        let mut list = exceptions.remove(id).unwrap_or_default();
+        list.sort_by_key(|e| e.seq);
+        list
+    };
+    let count_of = |list: &[Exception]| Some(list.iter().filter(|e| e.code != UNREADABLE).count() as i64);
+    let unreadable = |list: &[Exception]| {
+        let count = list.iter().filter(|e| e.code == UNREADABLE).count() as i64;
+        fig("unreadable_events", "Entries of its kinds in a form not read (exception unreadable-event)", Some(count))
+    };
     let cc61 = take("CC6.1");
     let cc62 = take("CC6.2");
     let cc63 = take("CC6.3");
@@ -962,11 +1011,12 @@ fn controls(
         Control {
             id: "CC6.1",
             title: "Logical access is restricted to approved, time-bound grants",
-            test: "Every grant.activated that is not break-glass and whose request needs approvals must be preceded, in the period, by request.approved entries for its request from at least approvals_required distinct subjects other than the requester; else exception grant-without-approval. Grants whose request.created precedes the period are counted, not tested.",
+            test: "Every grant.activated that is not break-glass and whose request needs approvals must be preceded, in the period, by request.approved entries for its request from at least approvals_required distinct subjects other than the requester; else exception grant-without-approval. Grants whose request.created precedes the period are counted, not tested. An entry of a kind it reads whose data is not in that version 1 form is exception unreadable-event.",
             populations: &["access_requests", "grants", "approvals"],
             figures: vec![
                 fig("requests", "Access requests", get("requests")),
                 fig("grants", "Grants activated", get("grants")),
+                unreadable(&cc61),
                 fig("exceptions", "Grants without a matching approval", count_of(&cc61)),
             ],
             exceptions: cc61,
@@ -974,11 +1024,12 @@ fn controls(
         Control {
             id: "CC6.2",
             title: "Access is authorized by someone other than the requester",
-            test: "A request.approved whose approver is the requester of the request (when the request is in the bundle), or a grant.activated listing its requester among its approvers, is exception self-approval.",
+            test: "A request.approved whose approver is the requester of the request (when the request is earlier in the period), or a grant.activated listing its requester among its approvers, is exception self-approval. An entry of a kind it reads whose data is not in that version 1 form is exception unreadable-event.",
             populations: &["approvals", "grants"],
             figures: vec![
                 fig("approvals", "Approvals", get("approvals")),
                 fig("denials", "Denials", get("denials")),
+                unreadable(&cc62),
                 fig("exceptions", "Approvals by the requester", count_of(&cc62)),
             ],
             exceptions: cc62,
@@ -986,7 +1037,7 @@ fn controls(
         Control {
             id: "CC6.3",
             title: "Access is removed when it ends",
-            test: "Every binding.removed whose time_to_revoke_ms (latency_ms) exceeds the SLA in the manifest is exception removal-late. Percentiles are nearest-rank over the removals of the period.",
+            test: "Every binding.removed whose time_to_revoke_ms (latency_ms) exceeds the SLA in the manifest is exception removal-late. Percentiles are nearest-rank over the removals of the period. An entry of a kind it reads whose data is not in that version 1 form is exception unreadable-event.",
             populations: &["removals", "grant_endings", "grants"],
             figures: vec![
                 fig("grants_ended_early", "Grants ended early", get("grants_ended_early")),
@@ -998,6 +1049,7 @@ fn controls(
                 ms("time_to_revoke_p50_ms", "Time to revoke, median", percentile(&sorted, 50)),
                 ms("time_to_revoke_p95_ms", "Time to revoke, 95th percentile", percentile(&sorted, 95)),
                 ms("time_to_revoke_max_ms", "Time to revoke, maximum", sorted.last().copied()),
+                unreadable(&cc63),
                 fig("exceptions", "Removals later than the SLA", count_of(&cc63)),
             ],
             exceptions: cc63,
@@ -1005,13 +1057,14 @@ fn controls(
         Control {
             id: "CC7.2",
             title: "Anomalies are detected and reviewed",
-            test: "Every break-glass grant.activated in the period without a grant.break_glass_reviewed for it in the period is exception break-glass-unreviewed. Drift repaired and standing access found are counted.",
+            test: "Every break-glass grant.activated in the period without a grant.break_glass_reviewed for it in the period is exception break-glass-unreviewed. Drift repaired and standing access found are counted. An entry of a kind it reads whose data is not in that version 1 form is exception unreadable-event.",
             populations: &["break_glass", "cluster_findings"],
             figures: vec![
                 fig("break_glass_uses", "Break-glass uses", get("break_glass_uses")),
                 fig("break_glass_reviews", "Break-glass reviews", get("break_glass_reviews")),
-                fig("drift_findings", "Drift findings repaired", get("drift_findings")),
+                fig("drift_findings", "Drift findings (restored or removed)", get("drift_findings")),
                 fig("standing_access_found", "Standing access bindings found", get("standing_access_found")),
+                unreadable(&cc72),
                 fig("exceptions", "Break-glass uses without review", count_of(&cc72)),
             ],
             exceptions: cc72,
@@ -1019,7 +1072,7 @@ fn controls(
         Control {
             id: "CC8.1",
             title: "Changes to routes and to the policy are authorized",
-            test: "Every route.changed whose recorded covering grants are empty is exception route-change-without-grant. Policy changes are counted with whether a second admin approved them.",
+            test: "Every route.changed whose recorded covering grants are empty is exception route-change-without-grant. Policy changes are counted with whether a second admin approved them. An entry of a kind it reads whose data is not in that version 1 form is exception unreadable-event.",
             populations: &["route_changes", "policy_changes", "key_rotations"],
             figures: vec![
                 fig("route_changes", "Ingress and route changes", get("route_changes")),
@@ -1030,6 +1083,7 @@ fn controls(
                     "Policies approved by a second admin",
                     get("policy_changes_second_approver"),
                 ),
+                unreadable(&cc81),
                 fig("exceptions", "Changes while no grant covered the route", count_of(&cc81)),
             ],
             exceptions: cc81,
