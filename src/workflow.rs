@@ -24,6 +24,10 @@ use std::time::Duration;
 
 /// The proposer recorded when the configured policy file differs from the policy in force.
 pub const CONFIG_PROPOSER: &str = "system:policy-file";
+
+/// How many times a command is decided again after another replica appended
+/// under it (see [`Workflow::execute`]).
+pub const MAX_DECISIONS: u32 = 32;
 use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +178,13 @@ impl Workflow {
 
     /// Decides `command` for `actor` and appends its events durably.
     ///
+    /// On a store several replicas share, the events are appended only if
+    /// no other replica appended since the state they were decided on (else
+    /// the command is decided again on the new state, at most
+    /// [`MAX_DECISIONS`] more times): two replicas approving one request at
+    /// once give one grant, and the second approval is refused as the
+    /// single replica would refuse it.
+    ///
     /// The lock is held from the decision until the append is durable, and
     /// that part runs on a task of its own: if the caller is dropped (an HTTP
     /// client that hangs up), the append already sent to the ledger still
@@ -183,18 +194,27 @@ impl Workflow {
     /// # Errors
     /// [`WorkflowError::Rejected`] with nothing recorded, or a ledger failure.
     pub async fn execute(&self, command: Command, actor: Actor, seed: [u8; 16]) -> Result<Vec<Receipt>, WorkflowError> {
-        let mut state = Arc::clone(&self.state).write_owned().await;
-        self.catch_up(&mut state).await?;
-        let ctx = Context { actor, now: (self.clock)(), seed };
-        let drafts = decide(&state, self.policy().as_deref(), command, &ctx)?;
-        let ledger = self.ledger.clone();
-        let append = tokio::spawn(async move {
-            let receipts = ledger.append_all(drafts).await;
-            // Released only once the append is durable (or failed), whatever became of the caller.
-            drop(state);
-            receipts
-        });
-        let receipts = append.await.map_err(|e| WorkflowError::Read(e.to_string()))??;
+        let mut attempts = 0;
+        let receipts = loop {
+            let mut state = Arc::clone(&self.state).write_owned().await;
+            self.catch_up(&mut state).await?;
+            let ctx = Context { actor: actor.clone(), now: (self.clock)(), seed };
+            let drafts = decide(&state, self.policy().as_deref(), command.clone(), &ctx)?;
+            // Appended only if no other replica appended since the state decided on.
+            let decided_at = state.size;
+            let ledger = self.ledger.clone();
+            let append = tokio::spawn(async move {
+                let receipts = ledger.append_all_after(drafts, decided_at).await;
+                // Released only once the append is durable (or failed), whatever became of the caller.
+                drop(state);
+                receipts
+            });
+            match append.await.map_err(|e| WorkflowError::Read(e.to_string()))? {
+                // Another replica's entries may change the decision: decide again on them.
+                Err(AppendError::Stale { .. }) if attempts < MAX_DECISIONS => attempts += 1,
+                result => break result?,
+            }
+        };
         // Fold what was just appended, so the caller's next read sees it.
         drop(self.current().await?);
         self.changed.notify_one();

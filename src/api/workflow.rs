@@ -92,6 +92,9 @@ impl From<WorkflowError> for ApiError {
             WorkflowError::Append(crate::ledger::AppendError::Closed) => {
                 ApiError::Unavailable("the ledger is shutting down".into())
             }
+            WorkflowError::Append(crate::ledger::AppendError::Stale { .. }) => {
+                ApiError::Unavailable("other replicas kept appending while this command was decided; retry it".into())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -73,6 +73,10 @@ pub enum AppendError {
     Store(String),
     #[error("the ledger is shutting down")]
     Closed,
+    /// [`Ledger::append_all_after`]: another writer of a shared store
+    /// appended at or after the size the events were decided at.
+    #[error("another replica appended to the ledger after size {after}; decide again on the new state")]
+    Stale { after: u64 },
 }
 
 impl From<StoreError> for AppendError {
@@ -100,6 +104,8 @@ pub enum LedgerError {
 enum Request {
     Append {
         drafts: Vec<EventDraft>,
+        /// Append only if no other writer of the store appended at or after this size.
+        after: Option<u64>,
         respond: Responder,
     },
     Checkpoint {
@@ -183,6 +189,7 @@ impl Ledger {
             retry_rx,
             wake: tx.downgrade(),
             stopped: Arc::clone(&stopped),
+            foreign_end: 0,
         };
         if sequencer.state.frontier.size() == 0 {
             sequencer
@@ -220,7 +227,25 @@ impl Ledger {
     /// As [`Ledger::append`].
     pub async fn append_all(&self, drafts: Vec<EventDraft>) -> Result<Vec<Receipt>, AppendError> {
         let (respond, receive) = oneshot::channel();
-        self.requests.send(Request::Append { drafts, respond }).await.map_err(|_| AppendError::Closed)?;
+        self.requests.send(Request::Append { drafts, after: None, respond }).await.map_err(|_| AppendError::Closed)?;
+        receive.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Appends events as [`Ledger::append_all`] does, but only if no other
+    /// writer of a shared store (another replica) appended an entry at or
+    /// after `size`: for events decided on the state of the first `size`
+    /// entries, which an entry of another replica could make wrong (two
+    /// grants for one request). This process's own appends do not count:
+    /// its decisions are serialised by their caller. On a store no one else
+    /// writes it is `append_all`.
+    ///
+    /// # Errors
+    /// [`AppendError::Stale`] when another writer did (nothing is appended:
+    /// decide again on the new state), else as [`Ledger::append`].
+    pub async fn append_all_after(&self, drafts: Vec<EventDraft>, size: u64) -> Result<Vec<Receipt>, AppendError> {
+        let (respond, receive) = oneshot::channel();
+        let request = Request::Append { drafts, after: Some(size), respond };
+        self.requests.send(request).await.map_err(|_| AppendError::Closed)?;
         receive.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -355,6 +380,8 @@ struct Pending {
 struct Waiting {
     respond: Responder,
     receipts: Vec<Receipt>,
+    /// See [`Ledger::append_all_after`].
+    after: Option<u64>,
     /// How many times it was signed.
     attempts: u32,
 }
@@ -529,6 +556,10 @@ struct Sequencer {
     wake: mpsc::WeakSender<Request>,
     /// Set when the sequencer stops, for the follower thread.
     stopped: Arc<AtomicBool>,
+    /// The size after the last entries this sequencer took into its state
+    /// without signing them (another replica's, or after a reload):
+    /// conditional appends decided on fewer entries are stale.
+    foreign_end: u64,
 }
 
 impl Sequencer {
@@ -585,9 +616,9 @@ impl Sequencer {
             let mut idle_tick = false;
             for request in requests {
                 match request {
-                    Request::Append { drafts, respond } => {
+                    Request::Append { drafts, after, respond } => {
                         idle = false;
-                        self.sign_into(&mut pending, drafts, respond, 1);
+                        self.sign_into(&mut pending, drafts, after, respond, 1);
                     }
                     Request::Wake => {}
                     Request::Idle => idle_tick = true,
@@ -662,9 +693,11 @@ impl Sequencer {
             Ok(Some(entries)) if self.synced() => {
                 let complete = (entries.len() as u64) < crate::store::TURN_ENTRIES;
                 let mut state = self.state.clone();
+                let before = self.state.frontier.size();
                 match open::add_entries(&self.signer, &mut state, entries) {
                     Ok(()) => {
                         self.state = state;
+                        self.took_unsigned(before);
                         *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                         self.publish_head();
                         if !complete {
@@ -752,9 +785,11 @@ impl Sequencer {
     /// is the fallback. Returns whether it succeeded.
     fn resume_from_durable(&mut self) -> bool {
         let mut state = self.durable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let before = state.frontier.size();
         match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
             Ok(()) => {
                 self.state = state;
+                self.took_unsigned(before);
                 *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                 self.publish_head();
                 true
@@ -774,13 +809,23 @@ impl Sequencer {
             return;
         }
         let mut state = self.state.clone();
+        let before = state.frontier.size();
         match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
             Ok(()) => {
                 self.state = state;
+                self.took_unsigned(before);
                 *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                 self.publish_head();
             }
             Err(e) => tracing::warn!("catching up with the ledger store: {e}"),
+        }
+    }
+
+    /// Records that the state grew from `before` entries by entries this
+    /// sequencer did not sign (see `foreign_end`).
+    fn took_unsigned(&mut self, before: u64) {
+        if self.state.frontier.size() > before {
+            self.foreign_end = self.state.frontier.size();
         }
     }
 
@@ -805,7 +850,7 @@ impl Sequencer {
                     })
                     .collect();
                 match drafts {
-                    Ok(drafts) => self.sign_into(pending, drafts, waiting.respond, waiting.attempts + 1),
+                    Ok(drafts) => self.sign_into(pending, drafts, waiting.after, waiting.respond, waiting.attempts + 1),
                     Err(e) => {
                         let _ = waiting.respond.send(Err(AppendError::Rejected(e)));
                     }
@@ -820,7 +865,23 @@ impl Sequencer {
     }
 
     /// Signs one request's events into the pending batch, all or none.
-    fn sign_into(&self, pending: &mut Pending, drafts: Vec<EventDraft>, respond: Responder, attempts: u32) {
+    fn sign_into(
+        &self,
+        pending: &mut Pending,
+        drafts: Vec<EventDraft>,
+        after: Option<u64>,
+        respond: Responder,
+        attempts: u32,
+    ) {
+        // Decided on fewer entries than another writer has since appended:
+        // refused, whatever batch it would ride in. If the batch then loses a
+        // race, it is signed again after catching up, and checked again.
+        if let Some(after) = after
+            && after < self.foreign_end
+        {
+            let _ = respond.send(Err(AppendError::Stale { after }));
+            return;
+        }
         // Ids must be unique in the ledger: the store refuses a stored one; here the
         // batch and the batches still on their way to the store are checked, so a
         // duplicate is rejected alone instead of failing its whole batch.
@@ -848,7 +909,7 @@ impl Sequencer {
                 }
             }
         }
-        pending.responders.push(Waiting { respond, receipts, attempts });
+        pending.responders.push(Waiting { respond, receipts, after, attempts });
     }
 
     fn sign_one(
@@ -882,6 +943,8 @@ impl Sequencer {
         match open::check_and_load(self.store.as_ref(), &self.signer) {
             Ok(state) => {
                 self.state = state;
+                // Whose entries the store holds is unknown after a failure: all count as unsigned here.
+                self.foreign_end = self.state.frontier.size();
                 *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                 self.publish_head();
                 true

@@ -791,3 +791,63 @@ async fn an_admin_gets_a_report_bundle_that_verifies_and_refused_requests_write_
     assert_eq!(event.draft.data.get("manifest_sha256").and_then(|v| v.as_str()), answer["manifest_sha256"].as_str());
     close(ledger, thread).await;
 }
+
+/// Two replicas on one PostgreSQL database, each with its own workflow: the
+/// same approver's second approval reaches both at once. Decided on states
+/// that lack each other's entries, both would activate a grant; the
+/// conditional append makes the later one decide again, on the state with
+/// the first, and refuse the repeated approval as one replica would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_approvals_on_two_replicas_give_one_grant() {
+    use crate::store_contract::{Backend, Postgres};
+    const REQUESTS: usize = 8;
+    let backend = Postgres::new();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ledger_a, thread_a) = portcullis::ledger::Ledger::open(backend.open(), signer(1), Default::default()).unwrap();
+    let (ledger_b, thread_b) = portcullis::ledger::Ledger::open(backend.open(), signer(1), Default::default()).unwrap();
+    let a = Arc::new(service(dir_a.path(), ledger_a.clone()).await);
+    let b = Arc::new(service(dir_b.path(), ledger_b.clone()).await);
+    let mut outcomes = Vec::new();
+    for _ in 0..REQUESTS {
+        let (status, request) = a.call(Some("alice"), "POST", "/v1/requests", Some(prod_request()), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{request}");
+        let approve = format!("/v1/requests/{}/approve", request["id"].as_str().unwrap());
+        let (status, first) = b.call(Some("lead1"), "POST", &approve, None, None).await;
+        assert_eq!(status, StatusCode::OK, "the request made on one replica is approved on the other: {first}");
+        let race = |s: Arc<Service>, path: String| {
+            tokio::spawn(async move { s.call(Some("lead2"), "POST", &path, None, None).await })
+        };
+        let (on_a, on_b) = (race(Arc::clone(&a), approve.clone()), race(Arc::clone(&b), approve.clone()));
+        let (on_a, on_b) = (on_a.await.unwrap(), on_b.await.unwrap());
+        let mut statuses = [on_a.0, on_b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "one approval wins, the other is refused: {on_a:?} {on_b:?}"
+        );
+        outcomes.push(request["id"].as_str().unwrap().to_string());
+    }
+    // Then the ledger holds exactly one grant per request, and both replicas list them all.
+    let store = Arc::clone(ledger_a.store());
+    let entries = tokio::task::spawn_blocking(move || store.entries(0, 1 << 20).unwrap()).await.unwrap();
+    let mut grants_per_request: HashMap<String, usize> = HashMap::new();
+    for entry in &entries {
+        let event = portcullis_format::event::ParsedEntry::parse(entry).unwrap().event;
+        if event.draft.kind == "grant.activated" {
+            let request = event.draft.data.get("request_id").and_then(|v| v.as_str()).unwrap().to_string();
+            *grants_per_request.entry(request).or_default() += 1;
+        }
+    }
+    for request in &outcomes {
+        assert_eq!(grants_per_request.get(request), Some(&1), "request {request}: {grants_per_request:?}");
+    }
+    for s in [&a, &b] {
+        let (status, active) = s.call(Some("lead1"), "GET", "/v1/grants?active=true", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(active["items"].as_array().unwrap().len(), REQUESTS, "{active}");
+    }
+    drop((a, b));
+    close(ledger_a, thread_a).await;
+    close(ledger_b, thread_b).await;
+}
