@@ -137,7 +137,7 @@ fn list_files(dir: &Path) -> Result<Vec<String>, ReportFailure> {
 
 /// Entries read, checked and folded per round: the raw entries and their
 /// parsed events of one round are all that is held of them.
-const ROUND: usize = 4096;
+const ROUND: usize = 2048;
 
 /// The longest CSV record kept for comparison and shown in a difference.
 const MAX_RECORD: usize = 1 << 20;
