@@ -421,6 +421,14 @@ async fn a_report_bundle_is_deterministic_verifies_and_every_tampering_is_caught
             "route-change-without-grant"
         ]
     );
+    // report.json is valid under its published JSON Schema (and the check can fail).
+    let schema: serde_json::Value = serde_json::from_str(include_str!("../../schemas/report.schema.json")).unwrap();
+    assert_eq!(schema_violation(&schema, &schema, &report, ""), None);
+    let mut broken = report.clone();
+    broken["controls"][0]["exceptions"][0]["code"] = serde_json::json!("made-up");
+    assert!(
+        schema_violation(&schema, &schema, &broken, "").is_some_and(|v| v.contains("/controls/0/exceptions/0/code"))
+    );
     let grants = std::fs::read_to_string(first.join("populations/grants.csv")).unwrap();
     assert!(grants.lines().nth(1).unwrap().contains(",2099-01-01T00:40:00.000000Z,"), "{grants}");
     assert!(grants.contains(",before-period,"));
@@ -542,4 +550,86 @@ async fn a_report_bundle_is_deterministic_verifies_and_every_tampering_is_caught
     f.ledger.close().await;
     drop(f.ledger);
     tokio::task::spawn_blocking(move || f.thread.join()).await.unwrap();
+}
+
+/// The first place where `value` breaks `schema`, checked with the part of
+/// JSON Schema that `schemas/report.schema.json` uses: `$ref` into `$defs`,
+/// `const`, `enum`, `type`, `minimum`, `pattern`, `required`, `properties`,
+/// `additionalProperties: false` and `items`.
+fn schema_violation(
+    schema: &serde_json::Value,
+    root: &serde_json::Value,
+    value: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference.strip_prefix("#/$defs/").expect("only local references");
+        if let Some(violation) = schema_violation(&root["$defs"][name], root, value, path) {
+            return Some(violation);
+        }
+    }
+    if schema.get("const").is_some_and(|c| c != value) {
+        return Some(format!("{path}: {value} is not the constant"));
+    }
+    if schema.get("enum").and_then(Value::as_array).is_some_and(|e| !e.contains(value)) {
+        return Some(format!("{path}: {value} is not one of the listed values"));
+    }
+    if let Some(types) = schema.get("type") {
+        let types: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            other => other.as_array().into_iter().flatten().filter_map(Value::as_str).collect(),
+        };
+        let fits = |t: &str| match t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            _ => false,
+        };
+        if !types.iter().any(|t| fits(t)) {
+            return Some(format!("{path}: {value} is not of type {types:?}"));
+        }
+    }
+    if let (Some(minimum), Some(n)) = (schema.get("minimum").and_then(Value::as_i64), value.as_i64())
+        && n < minimum
+    {
+        return Some(format!("{path}: {n} is below {minimum}"));
+    }
+    if let (Some(pattern), Some(text)) = (schema.get("pattern").and_then(Value::as_str), value.as_str())
+        && !regex::Regex::new(pattern).unwrap().is_match(text)
+    {
+        return Some(format!("{path}: {text:?} does not match {pattern}"));
+    }
+    if let Some(object) = value.as_object() {
+        for key in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if !object.contains_key(key) {
+                return Some(format!("{path}: {key} is missing"));
+            }
+        }
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for (key, member) in object {
+            match properties.and_then(|p| p.get(key)) {
+                Some(sub) => {
+                    if let Some(violation) = schema_violation(sub, root, member, &format!("{path}/{key}")) {
+                        return Some(violation);
+                    }
+                }
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Some(format!("{path}: {key} is not allowed"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, item) in array.iter().enumerate() {
+            if let Some(violation) = schema_violation(items, root, item, &format!("{path}/{i}")) {
+                return Some(violation);
+            }
+        }
+    }
+    None
 }
