@@ -804,6 +804,10 @@ fn error_chain(e: &anyhow::Error) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    // The KurrentDB client brings rustls's aws-lc provider next to the ring one every
+    // other TLS client here uses; with two, rustls needs to be told which one serves.
+    #[cfg(feature = "kurrentdb")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

@@ -10,6 +10,7 @@
 //! store's size equals the expected position (optimistic concurrency) and no
 //! event id of the batch is already stored.
 
+pub mod kurrent;
 pub mod postgres;
 pub mod sqlite;
 
@@ -140,6 +141,8 @@ pub trait Store: Send + Sync {
 
 /// The store a URL names:
 /// - `postgres://user@host:port/db` or `postgresql://...` (libpq-style URL): PostgreSQL;
+/// - `kurrentdb://host:2113?tls=false&stream=NAME` (also `kurrentdb+discover://`, `esdb://`,
+///   `esdb+discover://`): KurrentDB, in builds with the `kurrentdb` feature;
 /// - `sqlite:PATH` or `sqlite://PATH`, or a plain path: the embedded SQLite file.
 ///
 /// # Errors
@@ -147,6 +150,15 @@ pub trait Store: Send + Sync {
 pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Arc::new(postgres::PostgresStore::open(url)?));
+    }
+    if ["kurrentdb://", "kurrentdb+discover://", "esdb://", "esdb+discover://"].iter().any(|s| url.starts_with(s)) {
+        #[cfg(feature = "kurrentdb")]
+        return Ok(Arc::new(kurrent::KurrentStore::open(url)?));
+        #[cfg(not(feature = "kurrentdb"))]
+        return Err(StoreError::BadUrl {
+            url: redact(url),
+            reason: "this build has no KurrentDB store: build with `cargo build --release --features kurrentdb`".into(),
+        });
     }
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
@@ -157,7 +169,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(StoreError::BadUrl {
             url: redact(url),
-            reason: format!("unknown scheme {scheme:?}: use postgres://, sqlite: or a file path"),
+            reason: format!("unknown scheme {scheme:?}: use postgres://, kurrentdb://, sqlite: or a file path"),
         });
     }
     if url.is_empty() {
