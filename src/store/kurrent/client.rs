@@ -28,8 +28,9 @@ struct ReadEntry {
 /// A ledger in KurrentDB streams.
 pub struct KurrentStore {
     client: Client,
-    /// Drives the client; calls block on it from the caller's thread.
-    runtime: tokio::runtime::Runtime,
+    /// Drives the client; calls block on it from the caller's thread. Taken
+    /// when the store is dropped (see `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
     entries_stream: String,
     checkpoints_stream: String,
     shown: String,
@@ -80,7 +81,7 @@ impl KurrentStore {
             .map_err(|e| StoreError::Connect { url: shown.clone(), reason: e.to_string() })?;
         let store = KurrentStore {
             client,
-            runtime,
+            runtime: Some(runtime),
             entries_stream: format!("{stream}-entries"),
             checkpoints_stream: format!("{stream}-checkpoints"),
             shown: format!("KurrentDB {shown} (streams {stream}-entries, {stream}-checkpoints)"),
@@ -102,11 +103,13 @@ impl KurrentStore {
         &self,
         future: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Backend("the KurrentDB client's runtime stopped".into());
+        let runtime = self.runtime.as_ref().ok_or_else(stopped)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.spawn(async move {
+        runtime.spawn(async move {
             let _ = tx.send(future.await);
         });
-        rx.recv().map_err(|_| StoreError::Backend("the KurrentDB client's runtime stopped".into()))
+        rx.recv().map_err(|_| stopped())
     }
 
     /// Calls `call` until it succeeds, fails for good, or `window` passes.
@@ -135,6 +138,9 @@ impl KurrentStore {
 
     /// Events `from..from+limit` of `stream` (fewer at its end; none when it does not exist).
     fn read(&self, stream: &str, from: u64, limit: usize, window: Duration) -> Result<Vec<ReadEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         self.retry(window, || {
             let client = self.client.clone();
             let stream = stream.to_string();
@@ -299,8 +305,15 @@ impl Store for KurrentStore {
             let actual = self.current()?.size;
             return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
         }
-        // Written: the cache takes the batch as it reads it back, in stream order.
-        self.catch_up(&mut cache, RETRY_WINDOW)?;
+        // Written at the expected revision, so right after what the cache holds.
+        for (level, index, hash) in &batch.nodes {
+            cache.add_node(*level, *index, *hash);
+        }
+        cache.keys.extend(
+            batch.key_changes.iter().map(|(from_seq, vkey)| KeyRecord { from_seq: *from_seq, vkey: vkey.clone() }),
+        );
+        cache.ids.extend(batch.ids.iter().copied());
+        cache.size += batch.entries.len() as u64;
         Ok(())
     }
 
@@ -365,5 +378,15 @@ impl Store for KurrentStore {
 
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+}
+
+impl Drop for KurrentStore {
+    /// A runtime cannot be dropped where blocking is not allowed (the last
+    /// reference may go on an async task): it is shut down in the background.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
