@@ -500,6 +500,22 @@ async fn a_report_bundle_is_deterministic_verifies_and_every_tampering_is_caught
     assert_eq!(entry.code, "signature");
     let extra = tamper("extra-file", &|d| std::fs::write(d.join("populations/extra.csv"), "a\r\n").unwrap());
     assert_eq!(extra.code, "layout");
+    // A row added at the end of a population: reported as found where nothing was expected.
+    let added = tamper("added-row", &|d| edit(d, "populations/grant_endings.csv", |t| t + "999,x,y\r\n"));
+    let last = added.differences.last().unwrap();
+    assert_eq!((added.code, last.expected.as_deref(), last.found.as_deref()), ("csv", None, Some("999,x,y")));
+    // A line end changed: the same text, other bytes.
+    let line_end = tamper("line-end", &|d| edit(d, "populations/approvals.csv", |t| t.replacen("\r\n", "\n", 1)));
+    assert_eq!((line_end.code, line_end.differences[0].row), ("csv", 1));
+    let missing = tamper("missing-population", &|d| std::fs::remove_file(d.join("populations/removals.csv")).unwrap());
+    assert_eq!((missing.code, missing.file.as_deref()), ("layout", Some("populations/removals.csv")));
+    let truncated = tamper("truncated-entries", &|d| {
+        let bytes = std::fs::read(d.join("entries")).unwrap();
+        std::fs::write(d.join("entries"), &bytes[..bytes.len() - 7]).unwrap();
+    });
+    assert_eq!(truncated.code, "entry-syntax", "{truncated:?}");
+    let empty = tamper("no-entries", &|d| std::fs::write(d.join("entries"), b"").unwrap());
+    assert_eq!(empty.code, "boundary", "{empty:?}");
     let wrong_key = verify_report(
         &first,
         &ReportOptions {
