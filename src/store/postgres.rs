@@ -29,7 +29,7 @@
 //!   on a timeout, and callers re-read the size, so a missed notification
 //!   delays a follower, it never makes it skip an entry.
 
-use super::{AppendBatch, KeyRecord, Store, StoreError, redact};
+use super::{AppendBatch, KeyRecord, Store, StoreError, hex, lock, redact};
 use portcullis_format::merkle::Hash;
 use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
@@ -203,10 +203,6 @@ pub struct PostgresStore {
     turn_held: AtomicBool,
     /// Whether the last append saw another session waiting for the turn.
     turn_wanted: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether an error may go away by reconnecting and trying again: the
@@ -481,10 +477,6 @@ impl Drop for PostgresStore {
             off_runtime(move || drop(clients));
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hash_from(bytes: &[u8]) -> Result<Hash, StoreError> {

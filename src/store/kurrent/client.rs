@@ -1,8 +1,8 @@
 //! The KurrentDB client side of the store (see the module above for the
 //! layout and the guarantees).
 
-use super::{BatchMeta, Cache, CheckpointEvent, hex, parse_url, unhex};
-use crate::store::{AppendBatch, KeyRecord, Store, StoreError, redact};
+use super::{BatchMeta, Cache, CheckpointEvent, parse_url, unhex};
+use crate::store::{AppendBatch, KeyRecord, Store, StoreError, hex, lock, redact};
 use eventstore::{
     AppendToStreamOptions, Client, ClientSettings, EventData, ExpectedRevision, ReadStreamOptions, StreamPosition,
 };
@@ -35,10 +35,6 @@ pub struct KurrentStore {
     checkpoints_stream: String,
     shown: String,
     cache: Mutex<Cache>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn backend(e: eventstore::Error) -> StoreError {

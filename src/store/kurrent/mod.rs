@@ -110,10 +110,6 @@ impl Cache {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub(crate) fn unhex(text: &str) -> Option<Hash> {
     if text.len() != 64 {
         return None;
@@ -212,7 +208,7 @@ mod tests {
         assert_eq!(cache.node(0, 1), None);
         assert_eq!(cache.node(0, 2), Some([3; 32]));
         assert_eq!(cache.node(1, 0), Some([9; 32]));
-        assert_eq!(unhex(&hex(&[0xab; 32])), Some([0xab; 32]));
+        assert_eq!(unhex(&crate::store::hex(&[0xab; 32])), Some([0xab; 32]));
         assert_eq!(unhex("zz"), None);
     }
 }
