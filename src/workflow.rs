@@ -24,11 +24,11 @@ use std::time::Duration;
 
 /// The proposer recorded when the configured policy file differs from the policy in force.
 pub const CONFIG_PROPOSER: &str = "system:policy-file";
+use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 /// How many times a command is decided again after another replica appended
 /// under it (see [`Workflow::execute`]).
 pub const MAX_DECISIONS: u32 = 32;
-use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {

@@ -512,7 +512,6 @@ struct CsvCheck {
     /// Records compared so far (the header is record 1).
     records: usize,
     differences: Vec<Difference>,
-    expected: String,
     found: Vec<u8>,
 }
 
@@ -523,26 +522,27 @@ impl CsvCheck {
         let cursor = std::fs::File::open(dir.join(&file))
             .map(|f| CsvCursor { reader: std::io::BufReader::with_capacity(1 << 16, f), hash: sha2::Sha256::new() })
             .map_err(|e| format!("cannot read: {e}"));
-        let mut check =
-            CsvCheck { file, cursor, records: 0, differences: Vec::new(), expected: String::new(), found: Vec::new() };
+        let mut check = CsvCheck { file, cursor, records: 0, differences: Vec::new(), found: Vec::new() };
         check.compare(None, Some(&csv::header(columns)));
         check
     }
 
-    /// Compares the next record of the file with `expected` (with its line end; `None` past the expected rows).
-    fn compare(&mut self, seq: Option<u64>, expected: Option<&str>) {
-        let Ok(cursor) = &mut self.cursor else { return };
+    /// Compares the next record of the file with `expected` (with its line
+    /// end; `None` past the expected rows). Returns whether the file had one.
+    fn compare(&mut self, seq: Option<u64>, expected: Option<&str>) -> bool {
+        let Ok(cursor) = &mut self.cursor else { return false };
         let found = match cursor.next_record(&mut self.found) {
             Ok(true) => Some(&self.found),
             Ok(false) => None,
             Err(e) => {
                 self.cursor = Err(format!("cannot read: {e}"));
-                return;
+                return false;
             }
         };
+        let had_one = found.is_some();
         self.records += 1;
         if expected.map(str::as_bytes) == found.map(Vec::as_slice) || self.differences.len() >= 50 {
-            return;
+            return had_one;
         }
         let shown = |bytes: &[u8]| {
             let text = String::from_utf8_lossy(bytes);
@@ -555,35 +555,14 @@ impl CsvCheck {
             expected: expected.map(|e| shown(e.as_bytes())),
             found: found.map(|f| shown(f)),
         });
+        had_one
     }
 
     /// Compares what is left of the file with nothing; returns its SHA-256
     /// (hex) and the differences.
     fn finish(mut self) -> Result<(String, Vec<Difference>), ReportFailure> {
         use sha2::Digest as _;
-        loop {
-            let cursor = match &mut self.cursor {
-                Ok(cursor) => cursor,
-                Err(reason) => return fail("layout", Some(&self.file), None, reason.clone()),
-            };
-            match cursor.next_record(&mut self.found) {
-                Ok(false) => break,
-                Ok(true) => {
-                    self.records += 1;
-                    if self.differences.len() < 50 {
-                        let text = String::from_utf8_lossy(&self.found);
-                        self.differences.push(Difference {
-                            file: self.file.clone(),
-                            row: self.records,
-                            seq: None,
-                            expected: None,
-                            found: Some(text.trim_end_matches(['\r', '\n']).to_string()),
-                        });
-                    }
-                }
-                Err(e) => self.cursor = Err(format!("cannot read: {e}")),
-            }
-        }
+        while self.compare(None, None) {}
         match self.cursor {
             Ok(cursor) => Ok((bundle::hex(&cursor.hash.finalize()), self.differences)),
             Err(reason) => fail("layout", Some(&self.file), None, reason),
@@ -592,17 +571,18 @@ impl CsvCheck {
 }
 
 /// The population files, compared row by row as the fold makes the rows.
-struct CsvChecks(Vec<CsvCheck>);
+struct CsvChecks {
+    checks: Vec<CsvCheck>,
+    /// The record being compared, with its line end.
+    expected: String,
+}
 
 impl RowSink for CsvChecks {
     fn row(&mut self, population: usize, seq: u64, record: &str) {
-        let check = &mut self.0[population];
-        check.expected.clear();
-        check.expected.push_str(record);
-        check.expected.push_str("\r\n");
-        let expected = std::mem::take(&mut check.expected);
-        check.compare(Some(seq), Some(&expected));
-        check.expected = expected;
+        self.expected.clear();
+        self.expected.push_str(record);
+        self.expected.push_str("\r\n");
+        self.checks[population].compare(Some(seq), Some(&self.expected));
     }
 }
 
@@ -656,9 +636,8 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     let period = Timestamp::parse(&manifest.from).ok().zip(Timestamp::parse(&manifest.to).ok());
     let settings = period.map(|(from, to)| Settings { from, to, revoke_sla_ms: manifest.revoke_sla_ms });
     let mut fold = settings.as_ref().map(compute::Fold::new);
-    let mut checks = CsvChecks(
-        compute::POPULATIONS.iter().map(|(name, _, _, columns)| CsvCheck::open(dir, name, columns)).collect(),
-    );
+    let checks = compute::POPULATIONS.iter().map(|(name, _, _, columns)| CsvCheck::open(dir, name, columns)).collect();
+    let mut checks = CsvChecks { checks, expected: String::new() };
     // The range proof's frontier takes each entry's leaf hash as it passes (step 6 checks where they lead).
     let proof = std::str::from_utf8(&proof_bytes)
         .or_else(|_| fail("proof", Some(PROOF_FILE), None, "not UTF-8"))
@@ -877,7 +856,7 @@ pub fn verify_report(dir: &Path, options: &ReportOptions) -> Result<ReportSummar
     let mut first_code = None;
     let mut hashes: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     hashes.insert(ENTRIES_FILE.into(), walked.sha256.clone());
-    for check in checks.0 {
+    for check in checks.checks {
         let file = check.file.clone();
         let (hash, found) = check.finish()?;
         if !found.is_empty() && first_code.is_none() {
