@@ -56,6 +56,20 @@ fn later(t: Timestamp, micros: i64) -> String {
     Timestamp::from_unix_micros(t.unix_micros() + micros).unwrap_or(t).to_string()
 }
 
+/// Request `n` (ticket `INC-<4000 + n>`), needing one approval.
+fn request(n: u64, target: TargetData, duration_secs: u64, what: &str, now: Timestamp, basis: &Basis) -> Payload {
+    Payload::RequestCreated(RequestCreated {
+        target,
+        duration_secs,
+        reason: format!("INC-{}: {what}", 4000 + n),
+        ticket: Some(format!("INC-{}", 4000 + n)),
+        break_glass: false,
+        approvals_needed: 1,
+        pending_expires_at: later(now, 86_400_000_000),
+        basis: basis.clone(),
+    })
+}
+
 /// The events of one grant's end: its end (expired mostly) and its binding's removal.
 fn ending(n: u64, grant_id: EventId, now: Timestamp, reconciler: &Actor) -> Vec<EventDraft> {
     let t = target(n);
@@ -110,17 +124,8 @@ async fn populate(ledger: &Ledger, events: u64, grants: u64) -> anyhow::Result<(
         let request_id = id(n, 1);
         let t = target(n);
         batch.push(
-            Payload::RequestCreated(RequestCreated {
-                target: t.clone(),
-                duration_secs: 3600,
-                reason: format!("INC-{}: fix the TLS host of {}/{}", 4000 + n, t.namespace, t.names[0]),
-                ticket: Some(format!("INC-{}", 4000 + n)),
-                break_glass: false,
-                approvals_needed: 1,
-                pending_expires_at: later(now, 86_400_000_000),
-                basis: basis.clone(),
-            })
-            .to_draft(request_id, &requester),
+            request(n, t.clone(), 3600, &format!("fix the TLS host of {}/{}", t.namespace, t.names[0]), now, &basis)
+                .to_draft(request_id, &requester),
         );
         batch.push(
             Payload::RequestApproved(RequestDecision {
@@ -211,17 +216,8 @@ async fn populate(ledger: &Ledger, events: u64, grants: u64) -> anyhow::Result<(
             let requester = person(k);
             let request_id = id(k, 1);
             batch.push(
-                Payload::RequestCreated(RequestCreated {
-                    target: target(k),
-                    duration_secs: 1800,
-                    reason: format!("INC-{}: look at the storefront logs", 4000 + k),
-                    ticket: Some(format!("INC-{}", 4000 + k)),
-                    break_glass: false,
-                    approvals_needed: 1,
-                    pending_expires_at: later(now, 86_400_000_000),
-                    basis: basis.clone(),
-                })
-                .to_draft(request_id, &requester),
+                request(k, target(k), 1800, "look at the storefront logs", now, &basis)
+                    .to_draft(request_id, &requester),
             );
             batch.push(
                 Payload::RequestDenied(RequestDecision {
