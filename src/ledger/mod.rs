@@ -13,7 +13,7 @@
 
 mod open;
 
-use crate::store::{AppendBatch, Store, StoreError};
+use crate::store::{AppendBatch, Passed, Store, StoreError};
 use portcullis_format::checkpoint::Checkpoint;
 use portcullis_format::event::{
     Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry,
@@ -184,7 +184,8 @@ impl Ledger {
             config,
             epoch: Arc::new(AtomicU64::new(0)),
             seen_epoch: 0,
-            in_flight_ids: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            peer_active: false,
             retry_tx,
             retry_rx,
             wake: tx.downgrade(),
@@ -413,7 +414,9 @@ fn publish(head: &watch::Sender<Head>, state: &State) {
 
 /// Follows the head of a store other replicas append to: waits for a
 /// notification (or a short timeout, so a missed one only delays), reads
-/// the size, and publishes the head with its root.
+/// the size, and publishes the head with its root. Under load it looks at
+/// most once per [`Follower::GAP`]: every append notifies every replica, and
+/// loading the root costs a read per level of the tree.
 struct Follower {
     store: Arc<dyn Store>,
     head: Arc<watch::Sender<Head>>,
@@ -422,11 +425,15 @@ struct Follower {
 
 impl Follower {
     const POLL: Duration = Duration::from_millis(250);
+    const GAP: Duration = Duration::from_millis(20);
 
     fn run(self) {
+        let mut last_look = std::time::Instant::now();
         while !self.stopped.load(Ordering::Acquire) {
             let known = self.head.borrow().size;
             self.store.wait_for_growth(known, Self::POLL);
+            std::thread::sleep(Self::GAP.saturating_sub(last_look.elapsed()));
+            last_look = std::time::Instant::now();
             let size = match self.store.size() {
                 Ok(size) => size,
                 Err(e) => {
@@ -538,6 +545,15 @@ impl Writer {
     }
 }
 
+/// A batch handed to the writer: its ids (to refuse a repeated one early),
+/// and its leaves and last entry (passed with the turn, see [`Store::pass_turn`]).
+struct InFlight {
+    ids: HashSet<[u8; 16]>,
+    from: u64,
+    leaves: Vec<Hash>,
+    last: Vec<u8>,
+}
+
 struct Sequencer {
     store: Arc<dyn Store>,
     signer: SignerKey,
@@ -547,8 +563,12 @@ struct Sequencer {
     /// Bumped by the writer when a commit fails; batches signed before that are refused.
     epoch: Arc<AtomicU64>,
     seen_epoch: u64,
-    /// Ids of the batches handed to the writer and maybe not yet committed.
-    in_flight_ids: VecDeque<HashSet<[u8; 16]>>,
+    /// The batches handed to the writer and maybe not yet committed.
+    in_flight: VecDeque<InFlight>,
+    /// Whether another replica appended, or waited for the turn, since this
+    /// one last took it: the turn is then passed after every batch (see
+    /// [`Sequencer::take_turn`]).
+    peer_active: bool,
     /// The state after the last batch the writer committed (see [`Writer::durable`]).
     durable: Arc<Mutex<State>>,
     retry_tx: std::sync::mpsc::Sender<Box<Pending>>,
@@ -638,9 +658,10 @@ impl Sequencer {
                     Request::Shutdown => stopping = true,
                 }
             }
+            let signed = !pending.batch.entries.is_empty();
             self.dispatch(pending, &writer_tx);
-            if idle && idle_tick {
-                self.end_turn(&writer_tx);
+            if (idle && idle_tick) || (signed && (self.peer_active || self.store.turn_wanted())) {
+                self.pass_turn();
             }
         }
         // Refuse what arrives from now on, let the writer finish, then leave a
@@ -661,7 +682,8 @@ impl Sequencer {
             }
             self.dispatch(pending, &writer_tx);
         }
-        self.end_turn(&writer_tx);
+        self.sync(&writer_tx);
+        self.pass_turn();
         drop(writer_tx);
         self.stopped.store(true, Ordering::Release);
         let _ = writer_thread.join();
@@ -672,65 +694,115 @@ impl Sequencer {
 
     /// On a store several replicas share, makes sure this replica holds the
     /// writers' turn before it signs, so the batch is signed on the store's
-    /// true head and appended as signed. A replica that waited for the turn
-    /// is seen at the next append; this one then lets what it has in flight
-    /// commit, gives the turn up and queues for it again behind the waiter
-    /// (first come, first served in the server), so turns alternate under
-    /// load instead of one replica starving the other.
+    /// true head and appended as signed.
+    ///
+    /// The turn goes from replica to replica with the entries its holder
+    /// signed and has in flight (see [`Sequencer::pass_turn`]), so the next
+    /// replica signs on top of them while they commit, and its commit follows
+    /// theirs at once: under load from several replicas, signing stays off
+    /// the path from one commit to the next, as it is within one replica.
+    /// A replica passes after every batch while another one is active;
+    /// alone, it keeps the turn until another one waits for it (seen at an
+    /// append) or its writer falls idle. Turns are first come, first served
+    /// in the server, so they alternate under load.
     fn take_turn(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
         if !self.store.shared() {
             return;
         }
-        let pass = self.store.turn_wanted();
-        if !pass && self.store.holds_turn() {
-            return;
-        }
-        // What is in flight commits first (under the turn still held, if it is),
-        // so the state is the durable one the store's entries continue.
-        self.sync(writer);
-        match self.store.take_turn(self.state.frontier.size(), pass) {
-            Ok(None) => {}
-            Ok(Some(entries)) if self.synced() => {
-                let complete = (entries.len() as u64) < crate::store::TURN_ENTRIES;
-                let mut state = self.state.clone();
-                let before = self.state.frontier.size();
-                match open::add_entries(&self.signer, &mut state, entries) {
-                    Ok(()) => {
-                        self.state = state;
-                        self.took_unsigned(before);
-                        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
-                        self.publish_head();
-                        if !complete {
-                            self.follow_store();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("catching up with the ledger store: {e}");
-                        self.follow_store();
-                    }
-                }
+        if self.store.holds_turn() {
+            if !self.store.turn_wanted() {
+                return;
             }
+            // Another replica waits: it goes first, this one queues behind it.
+            self.pass_turn();
+        }
+        match self.store.take_turn(self.state.frontier.size()) {
+            Ok(None) => {}
+            Ok(Some(turn)) if self.synced() => self.add_turn(turn, writer),
             // Not synced: the next sync reloads the state from the store.
             Ok(Some(_)) => {}
-            // Appends stay safe without the turn (the store checks the expected position).
+            // Appends stay safe without the turn (the store checks the position and the leaf before it).
             Err(e) => tracing::warn!("taking the writers' turn: {e}"),
         }
     }
 
-    /// Lets every batch in flight commit, then gives the writers' turn up.
-    fn end_turn(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
-        if !self.store.shared() {
+    /// Adds to the state what other replicas appended, and then what the
+    /// last holder of the turn passed with it. Passed entries are signed on
+    /// but are not durable: they are neither published nor kept as the
+    /// durable state, and if they never commit, the next append is refused
+    /// (the store checks the leaf it was signed on) and signed again.
+    fn add_turn(&mut self, turn: crate::store::Turn, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
+        let before = self.state.frontier.size();
+        let complete = (turn.committed.len() as u64) < crate::store::TURN_ENTRIES;
+        let mut state = self.state.clone();
+        if let Err(e) = open::add_entries(&self.signer, &mut state, turn.committed) {
+            // What this replica has in flight may have failed: settle it, then read the store.
+            tracing::warn!("catching up with the ledger store: {e}");
+            self.sync(writer);
+            self.follow_store();
             return;
         }
-        self.sync(writer);
-        if let Err(e) = self.store.end_turn() {
+        {
+            let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+            if durable.frontier.size() == before {
+                // Nothing of this replica's is in flight: what was read is the durable state.
+                *durable = state.clone();
+                publish(&self.head, &state);
+            }
+        }
+        if !complete {
+            self.state = state;
+            self.took_unsigned(before);
+            self.sync(writer);
+            self.follow_store();
+            self.peer_active = true;
+            return;
+        }
+        let mut with_passed = state.clone();
+        match open::add_passed(&self.signer, &mut with_passed, &turn.passed) {
+            Ok(()) => state = with_passed,
+            Err(e) => tracing::debug!("not signing on the entries passed with the turn: {e}"),
+        }
+        self.state = state;
+        self.took_unsigned(before);
+        self.peer_active = self.state.frontier.size() > before;
+    }
+
+    /// Gives the writers' turn up, passing the entries this replica signed
+    /// that may not be committed yet: the batches in flight that end where
+    /// the state ends (none once the state has moved past them).
+    fn pass_turn(&mut self) {
+        if !self.store.shared() || !self.store.holds_turn() {
+            return;
+        }
+        let durable = self.durable.lock().unwrap_or_else(|e| e.into_inner()).frontier.size();
+        let mut end = self.state.frontier.size();
+        let mut tail = Vec::new();
+        if self.synced() {
+            for batch in self.in_flight.iter().rev() {
+                if batch.from + batch.leaves.len() as u64 != end || end <= durable {
+                    break;
+                }
+                tail.push(batch);
+                end = batch.from;
+            }
+        }
+        let in_flight = Passed {
+            leaves: tail.iter().rev().flat_map(|b| b.leaves.iter().copied()).collect(),
+            last: tail.first().map(|b| b.last.clone()).unwrap_or_default(),
+        };
+        if let Err(e) = self.store.pass_turn(end, &in_flight) {
             tracing::warn!("giving the writers' turn up: {e}");
         }
     }
 
     fn start_batch(&self) -> Pending {
         Pending {
-            batch: AppendBatch { expected_size: self.state.frontier.size(), ..AppendBatch::default() },
+            batch: AppendBatch {
+                expected_size: self.state.frontier.size(),
+                prev: Some(self.state.prev),
+                ..AppendBatch::default()
+            },
             state: self.state.clone(),
             ids: HashSet::new(),
             responders: Vec::new(),
@@ -744,10 +816,15 @@ impl Sequencer {
         }
         let state = pending.state.clone();
         // At most two batches are between here and the store: one queued, one committing.
-        if self.in_flight_ids.len() == 2 {
-            self.in_flight_ids.pop_front();
+        if self.in_flight.len() == 2 {
+            self.in_flight.pop_front();
         }
-        self.in_flight_ids.push_back(pending.ids.clone());
+        self.in_flight.push_back(InFlight {
+            ids: pending.ids.clone(),
+            from: pending.batch.expected_size,
+            leaves: pending.batch.nodes.iter().filter(|(level, _, _)| *level == 0).map(|(_, _, leaf)| *leaf).collect(),
+            last: pending.batch.entries.last().cloned().unwrap_or_default(),
+        });
         if let Err(std::sync::mpsc::SendError(WriterMsg::Batch { pending, .. })) =
             writer.send(WriterMsg::Batch { pending: Box::new(pending), epoch: self.seen_epoch })
         {
@@ -771,11 +848,20 @@ impl Sequencer {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         } else {
             // Everything sent is now committed (its ids guarded by the store) or failed.
-            self.in_flight_ids.clear();
+            self.in_flight.clear();
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        if epoch != self.seen_epoch && (self.resume_from_durable() || self.reload()) {
-            self.seen_epoch = epoch;
+        if epoch != self.seen_epoch {
+            if self.resume_from_durable() || self.reload() {
+                self.seen_epoch = epoch;
+            }
+        } else if self.durable.lock().unwrap_or_else(|e| e.into_inner()).frontier.size() != self.state.frontier.size() {
+            // The state holds entries this replica neither committed nor read
+            // committed (passed with the turn): the durable state, plus what
+            // the store now holds, is what a checkpoint or a rotation may rest on.
+            if !self.resume_from_durable() {
+                self.state = self.durable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            }
         }
     }
 
@@ -888,7 +974,7 @@ impl Sequencer {
         for (i, draft) in drafts.iter().enumerate() {
             let id = draft.id.0;
             let repeated = drafts[..i].iter().any(|d| d.id.0 == id);
-            if repeated || pending.ids.contains(&id) || self.in_flight_ids.iter().any(|ids| ids.contains(&id)) {
+            if repeated || pending.ids.contains(&id) || self.in_flight.iter().any(|b| b.ids.contains(&id)) {
                 let reason = format!("event id {} is already used by another event", draft.id);
                 let _ = respond.send(Err(AppendError::Rejected(EntryError::Field { field: "id", reason })));
                 return;

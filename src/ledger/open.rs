@@ -9,10 +9,10 @@
 //! followed by `portcullis verify`.
 
 use super::{State, TAIL_CHECK_ENTRIES};
-use crate::store::{KeyRecord, NodeReader, Store, StoreError};
+use crate::store::{KeyRecord, NodeReader, Passed, Store, StoreError};
 use portcullis_format::checkpoint::SignedCheckpoint;
 use portcullis_format::event::ParsedEntry;
-use portcullis_format::merkle::{Frontier, leaf_hash, range_hash, root_of};
+use portcullis_format::merkle::{Frontier, Hash, leaf_hash, range_hash, root_of};
 use portcullis_format::note::{SignerKey, VerifierKey};
 use portcullis_format::time::Timestamp;
 
@@ -183,33 +183,67 @@ pub(crate) fn catch_up(store: &dyn Store, signer: &SignerKey, state: &mut State)
 /// Adds consecutive entries, read from the store from `state`'s size on, to
 /// `state`, checked as [`catch_up`] describes (the signature of the last one).
 pub(crate) fn add_entries(signer: &SignerKey, state: &mut State, entries: Vec<Vec<u8>>) -> Result<(), TailCheckError> {
-    let origin = signer.name();
     let last = entries.len().saturating_sub(1);
     for (i, entry) in entries.into_iter().enumerate() {
-        let seq = state.frontier.size();
-        let bad = |reason: String| TailCheckError::Entry { seq, reason };
-        let parsed = ParsedEntry::parse(&entry).map_err(|e| bad(e.to_string()))?;
-        let event = &parsed.event;
-        if event.seq != seq || event.log != origin {
-            return Err(bad(format!("entry says seq {} of log {:?}", event.seq, event.log)));
-        }
-        if event.prev != state.prev {
-            return Err(bad("prev is not the leaf hash of the previous entry".into()));
-        }
-        if event.ts < state.last_ts {
-            return Err(bad("timestamp is earlier than the previous entry's".into()));
-        }
-        if parsed.new_key.is_some() {
-            let in_force = parsed.new_key.as_ref().map(ToString::to_string).unwrap_or_default();
-            return Err(TailCheckError::WrongKey { in_force, loaded: signer.verifier().to_string() });
-        }
-        if i == last && !signer.verifier().verify(&entry[..parsed.text_len], &parsed.signatures[0]) {
-            return Err(bad(format!("signature by the key in force {} does not verify", signer.verifier())));
-        }
-        let leaf = leaf_hash(&entry);
+        let (leaf, ts) = check_next(signer, state.frontier.size(), &state.prev, state.last_ts, &entry, i == last)?;
         state.frontier.push(leaf, |_, _, _| {});
         state.prev = leaf;
-        state.last_ts = event.ts;
+        state.last_ts = ts;
     }
     Ok(())
+}
+
+/// Adds to `state` the entries another replica passed with the writers' turn
+/// (signed, maybe not yet committed; see [`crate::store::Passed`]): their
+/// leaves, and the last of them whole, which is checked as [`add_entries`]
+/// checks the last entry of a read, and whose `prev` must be the leaf before
+/// it. The others are known by their leaves only: the store appends on top
+/// of them only if it holds the last one, byte for byte, at its position.
+pub(crate) fn add_passed(signer: &SignerKey, state: &mut State, passed: &Passed) -> Result<(), TailCheckError> {
+    let Some((&last_leaf, before)) = passed.leaves.split_last() else { return Ok(()) };
+    let seq = state.frontier.size() + before.len() as u64;
+    let prev = before.last().unwrap_or(&state.prev);
+    let (leaf, ts) = check_next(signer, seq, prev, state.last_ts, &passed.last, true)?;
+    if leaf != last_leaf {
+        return Err(TailCheckError::Entry { seq, reason: "the passed entry is not its passed leaf".into() });
+    }
+    for leaf in &passed.leaves {
+        state.frontier.push(*leaf, |_, _, _| {});
+    }
+    state.prev = last_leaf;
+    state.last_ts = ts;
+    Ok(())
+}
+
+/// Checks `entry` as entry `seq` of the log `signer` signs, following the leaf
+/// `prev` and the time `last_ts` (and, with `verify`, its signature by the
+/// key in force); returns its leaf hash and timestamp.
+fn check_next(
+    signer: &SignerKey,
+    seq: u64,
+    prev: &Hash,
+    last_ts: Timestamp,
+    entry: &[u8],
+    verify: bool,
+) -> Result<(Hash, Timestamp), TailCheckError> {
+    let bad = |reason: String| TailCheckError::Entry { seq, reason };
+    let parsed = ParsedEntry::parse(entry).map_err(|e| bad(e.to_string()))?;
+    let event = &parsed.event;
+    if event.seq != seq || event.log != signer.name() {
+        return Err(bad(format!("entry says seq {} of log {:?}", event.seq, event.log)));
+    }
+    if event.prev != *prev {
+        return Err(bad("prev is not the leaf hash of the previous entry".into()));
+    }
+    if event.ts < last_ts {
+        return Err(bad("timestamp is earlier than the previous entry's".into()));
+    }
+    if parsed.new_key.is_some() {
+        let in_force = parsed.new_key.as_ref().map(ToString::to_string).unwrap_or_default();
+        return Err(TailCheckError::WrongKey { in_force, loaded: signer.verifier().to_string() });
+    }
+    if verify && !signer.verifier().verify(&entry[..parsed.text_len], &parsed.signatures[0]) {
+        return Err(bad(format!("signature by the key in force {} does not verify", signer.verifier())));
+    }
+    Ok((leaf_hash(entry), event.ts))
 }

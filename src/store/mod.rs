@@ -26,11 +26,49 @@ pub const TURN_ENTRIES: u64 = 4096;
 #[derive(Debug, Default)]
 pub struct AppendBatch {
     pub expected_size: u64,
+    /// The leaf hash of the entry before `expected_size`, which the batch was
+    /// signed on. When given, the store refuses the batch as a conflict unless
+    /// it holds that leaf there: a batch signed on entries that another
+    /// replica passed with the turn but did not commit (or committed
+    /// differently) is never appended on other entries.
+    pub prev: Option<Hash>,
     pub entries: Vec<Vec<u8>>,
     pub nodes: Vec<(u8, u64, Hash)>,
     pub key_changes: Vec<(u64, String)>,
     /// The event ids of `entries`; the store refuses an id it already holds.
     pub ids: Vec<[u8; 16]>,
+}
+
+impl AppendBatch {
+    /// The index and hash of the leaf the store must hold for this batch, if any
+    /// (see [`AppendBatch::prev`]).
+    pub(crate) fn prev_leaf(&self) -> Option<(u64, Hash)> {
+        Some((self.expected_size.checked_sub(1)?, self.prev?))
+    }
+}
+
+/// What [`Store::take_turn`] read when it took the turn.
+#[derive(Debug, Default)]
+pub struct Turn {
+    /// The committed entries from the caller's position on (at most [`TURN_ENTRIES`]).
+    pub committed: Vec<Vec<u8>>,
+    /// What the last holder passed with the turn (see [`Store::pass_turn`])
+    /// that continues `committed`; empty when nothing does.
+    pub passed: Passed,
+}
+
+/// Entries the holder of the writers' turn signed and has in flight, passed
+/// with the turn so the next holder signs on top of them while they commit:
+/// their leaf hashes, and the last of them whole (the next holder checks it
+/// and signs on its leaf). They may not be committed yet, or ever: the
+/// store's check of [`AppendBatch::prev`] refuses what is signed on entries
+/// that did not become the store's.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Passed {
+    /// The leaf hashes of the entries, in order.
+    pub leaves: Vec<Hash>,
+    /// The last entry (empty when `leaves` is).
+    pub last: Vec<u8>,
 }
 
 /// A key of the log and the first sequence number it signs.
@@ -99,27 +137,28 @@ pub trait Store: Send + Sync {
     }
     /// Takes this writer's turn on a store several writers share: waits
     /// (first come, first served) until no other writer holds it, and keeps
-    /// it until [`Store::end_turn`]. While it is held no other writer
-    /// appends, so a batch signed on the store's head is appended as signed.
-    /// With `pass`, a turn held is given up first and queued for again, so a
-    /// writer waiting for it goes first.
+    /// it until [`Store::pass_turn`]. While it is held no other writer signs,
+    /// so a batch signed on the head it returns is appended as signed.
     ///
-    /// Returns `Some(entries)` when the turn was taken by this call: the
-    /// entries from `from` on (at most [`TURN_ENTRIES`]; more are read with
-    /// [`Store::entries`]), what others appended while this writer had not the
-    /// turn, read in the same round trip. `None` when it was already held, or
-    /// could not be had in time (appends stay safe without it: the expected
-    /// position decides). Single-writer stores: always `None`.
-    fn take_turn(&self, from: u64, pass: bool) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
-        let _ = (from, pass);
+    /// Returns `Some(turn)` when the turn was taken by this call: what others
+    /// appended from `from` on while this writer had not the turn, and what
+    /// the last holder passed with it, read in the same round trip. `None`
+    /// when it was already held, or could not be had in time (appends stay
+    /// safe without it: the expected position and the leaf before it
+    /// decide). Single-writer stores: always `None`.
+    fn take_turn(&self, from: u64) -> Result<Option<Turn>, StoreError> {
+        let _ = from;
         Ok(None)
     }
     /// Whether this writer holds the turn (single-writer stores: always).
     fn holds_turn(&self) -> bool {
         true
     }
-    /// Gives the turn up (a no-op when it is not held).
-    fn end_turn(&self) -> Result<(), StoreError> {
+    /// Gives the turn up (a no-op when it is not held), handing the next
+    /// holder `in_flight`: the entries from `from` on that this writer signed
+    /// and has not seen committed yet.
+    fn pass_turn(&self, from: u64, in_flight: &Passed) -> Result<(), StoreError> {
+        let _ = (from, in_flight);
         Ok(())
     }
     /// Whether another writer waited for the turn at this writer's last append.

@@ -9,11 +9,17 @@
 //! # Appends
 //! One transaction per batch (group commit): it locks the single row of
 //! `ledger_head` (`SELECT ... FOR UPDATE`), which serialises the writers of
-//! every replica, checks the expected position, inserts the entries, nodes,
-//! event ids and key changes with one `UNNEST` statement each, moves the head
-//! and sends `NOTIFY portcullis_ledger`. A writer that lost the race gets
+//! every replica, checks the expected position and the leaf before it
+//! ([`AppendBatch::prev`]), inserts the entries, nodes, event ids and key
+//! changes with one `UNNEST` statement each, moves the head and sends
+//! `NOTIFY portcullis_ledger`. A writer that lost the race gets
 //! [`StoreError::AppendConflict`] and nothing is written: the sequencer
 //! re-signs its batch on top of the winner's entries.
+//!
+//! # The writers' turn
+//! A session advisory lock on a connection of its own, taken before signing
+//! and passed with the entries in flight (see [`TURN_PASSING`]), so the next
+//! replica signs while they commit.
 //!
 //! # Guarantees
 //! - An append returns `Ok` only after its commit was confirmed by the server
@@ -29,7 +35,7 @@
 //!   on a timeout, and callers re-read the size, so a missed notification
 //!   delays a follower, it never makes it skip an entry.
 
-use super::{AppendBatch, KeyRecord, Store, StoreError, hex, lock, redact};
+use super::{AppendBatch, KeyRecord, Passed, Store, StoreError, Turn, hex, lock, redact};
 use portcullis_format::merkle::Hash;
 use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
@@ -51,6 +57,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
      CREATE TABLE ledger_keys (from_seq BIGINT PRIMARY KEY, vkey TEXT NOT NULL);",
     ),
     (2, APPEND_FUNCTIONS),
+    (3, TURN_PASSING),
 ];
 
 /// Version 2: an append in one statement (one round trip, committed on its
@@ -117,14 +124,145 @@ BEGIN
 END $$;
 ";
 
+/// Version 3: the turn is passed together with the holder's signed but
+/// uncommitted entries, so the next replica signs while they commit.
+///
+/// - `ledger_pending` (one row, `UNLOGGED`: a hint, never a record) holds
+///   what the last holder of the turn had in flight when it passed it (see
+///   [`Passed`]: the leaves, and the last entry whole).
+/// - `portcullis_pass_turn` (a procedure) writes them, commits, and gives the
+///   turn up, in one round trip: the next holder reads this pass, never an
+///   earlier one.
+/// - `portcullis_take_turn(5 arguments)` waits for the turn, then returns the
+///   committed entries from `known` on (`part` = `entry`), followed, when
+///   they continue them, by what the last holder passed: its leaves from
+///   there on (`leaf`) and its last entry (`last`). The taker signs on top.
+/// - `portcullis_append(10 arguments)` appends only if the stored leaf before
+///   `expected` is `prev`, the leaf the batch was signed on: a batch signed on
+///   passed entries that were then not committed, or committed differently,
+///   is refused as a conflict. A batch whose position is still ahead of the
+///   head (the entries it continues are on their way) waits up to `wait_ms`
+///   for them, re-reading the head without holding its lock (a
+///   subtransaction takes the lock and gives it back while it waits).
+///
+/// The version 2 functions stay, so replicas of the previous release keep
+/// working until they are replaced (they neither pass nor read pending entries).
+const TURN_PASSING: &str = "
+CREATE UNLOGGED TABLE ledger_pending (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+                                      from_seq BIGINT NOT NULL, leaves BYTEA[] NOT NULL, last_entry BYTEA NOT NULL);
+
+CREATE FUNCTION portcullis_append(expected BIGINT, prev BYTEA, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
+                                  node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
+                                  turn_class INT, turn_object INT, wait_ms INT)
+RETURNS TABLE (appended BOOLEAN, head_size BIGINT, turn_wanted BOOLEAN) LANGUAGE plpgsql AS $$
+DECLARE
+    current BIGINT;
+    inserted BIGINT;
+    dup BYTEA;
+    deadline TIMESTAMPTZ;
+BEGIN
+    SELECT h.size INTO current FROM ledger_head h;
+    IF current < expected THEN
+        deadline := clock_timestamp() + wait_ms * INTERVAL '1 millisecond';
+        LOOP
+            BEGIN
+                SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
+                IF current < expected AND clock_timestamp() < deadline THEN
+                    RAISE EXCEPTION 'behind the head' USING ERRCODE = 'PCWAI';
+                END IF;
+                EXIT;
+            EXCEPTION WHEN SQLSTATE 'PCWAI' THEN
+                PERFORM pg_sleep(0.001);
+            END;
+        END LOOP;
+    ELSE
+        SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
+    END IF;
+    IF current <> expected OR (expected > 0 AND prev IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM ledger_nodes n WHERE n.id = expected - 1 AND n.hash = prev)) THEN
+        RETURN QUERY SELECT FALSE, current, FALSE;
+        RETURN;
+    END IF;
+    INSERT INTO ledger_event_ids (id, seq)
+        SELECT i.id, expected + i.n - 1 FROM unnest(ids) WITH ORDINALITY AS i(id, n)
+        ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    IF inserted <> coalesce(cardinality(ids), 0) THEN
+        SELECT e.id INTO dup FROM ledger_event_ids e WHERE e.id = ANY(ids) AND e.seq < expected LIMIT 1;
+        IF dup IS NULL THEN
+            SELECT r.x INTO dup FROM unnest(ids) AS r(x) GROUP BY r.x HAVING count(*) > 1 LIMIT 1;
+        END IF;
+        RAISE EXCEPTION 'event id % is already in the ledger', encode(dup, 'hex')
+            USING ERRCODE = 'PCDUP', DETAIL = encode(dup, 'hex');
+    END IF;
+    INSERT INTO ledger_entries (seq, entry)
+        SELECT expected + e.n - 1, e.entry FROM unnest(entries) WITH ORDINALITY AS e(entry, n);
+    INSERT INTO ledger_nodes (id, hash) SELECT * FROM unnest(node_ids, node_hashes);
+    INSERT INTO ledger_keys (from_seq, vkey) SELECT * FROM unnest(key_froms, key_vkeys);
+    current := expected + cardinality(entries);
+    UPDATE ledger_head SET size = current;
+    PERFORM pg_notify('portcullis_ledger', current::text);
+    RETURN QUERY SELECT TRUE, current, EXISTS (
+        SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2
+          AND l.classid = turn_class::oid AND l.objid = turn_object::oid
+          AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
+END $$;
+
+CREATE PROCEDURE portcullis_pass_turn(passed_from BIGINT, leaves BYTEA[], last_entry BYTEA,
+                                      turn_class INT, turn_object INT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The row is a hint (unlogged): its commit need not wait for the disk.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    INSERT INTO ledger_pending (only_row, from_seq, leaves, last_entry) VALUES (TRUE, passed_from, leaves, last_entry)
+        ON CONFLICT (only_row) DO UPDATE
+        SET from_seq = excluded.from_seq, leaves = excluded.leaves, last_entry = excluded.last_entry;
+    -- Committed before the turn is free, so the next holder reads this pass.
+    COMMIT;
+    PERFORM pg_advisory_unlock(turn_class, turn_object);
+END $$;
+
+CREATE FUNCTION portcullis_take_turn(turn_class INT, turn_object INT, wait_ms INT, known BIGINT, max_entries INT)
+RETURNS TABLE (entry_seq BIGINT, entry_bytes BYTEA, part TEXT) LANGUAGE plpgsql AS $$
+DECLARE
+    passed_from BIGINT;
+    passed_leaves BYTEA[];
+    passed_last BYTEA;
+    passed_end BIGINT;
+    head BIGINT;
+    start BIGINT;
+BEGIN
+    PERFORM set_config('lock_timeout', wait_ms::text, true);
+    PERFORM pg_advisory_lock(turn_class, turn_object);
+    SELECT p.from_seq, p.leaves, p.last_entry INTO passed_from, passed_leaves, passed_last FROM ledger_pending p;
+    SELECT h.size INTO head FROM ledger_head h;
+    RETURN QUERY SELECT e.seq, e.entry, 'entry' FROM ledger_entries e
+        WHERE e.seq >= known AND e.seq < head ORDER BY e.seq LIMIT max_entries;
+    start := greatest(known, head);
+    passed_end := passed_from + coalesce(cardinality(passed_leaves), 0);
+    IF head - known <= max_entries AND passed_from <= start AND passed_end > start THEN
+        RETURN QUERY SELECT passed_from + l.n - 1, l.leaf, 'leaf'
+            FROM unnest(passed_leaves) WITH ORDINALITY AS l(leaf, n)
+            WHERE passed_from + l.n - 1 >= start ORDER BY l.n;
+        RETURN QUERY SELECT passed_end - 1, passed_last, 'last';
+    END IF;
+END $$;
+";
+
 /// The advisory lock of the writers' turn: `pg_advisory_lock(TURN_CLASS, TURN_OBJECT)`
 /// ("port", "turn" in ASCII).
 const TURN_CLASS: i32 = 0x706f_7274;
 const TURN_OBJECT: i32 = 0x7475_726e;
 
 /// How long a writer waits for its turn before it appends without it (still
-/// safe: the head row lock and the expected position decide).
+/// safe: the head row lock, the expected position and the leaf before it decide).
 const TURN_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an append whose position is ahead of the head waits for the
+/// entries it continues (passed with the turn, still being committed by the
+/// replica that signed them) before it is refused as a conflict.
+const AHEAD_WAIT: Duration = Duration::from_millis(200);
 
 /// The schema version this build writes and reads.
 pub fn schema_version() -> i32 {
@@ -195,10 +333,13 @@ pub struct PostgresStore {
     url: String,
     writer: Mutex<Option<Conn>>,
     reader: Mutex<Option<Conn>>,
+    /// The session that holds the writers' turn, apart from the writer's, so
+    /// the turn can be passed while the writer commits.
+    turn: Mutex<Option<Conn>>,
     listener: Mutex<Option<Client>>,
     retry_for: Duration,
-    /// Whether the writer connection holds the writers' turn (the session
-    /// advisory lock). Changed only with `writer` locked; cleared when that
+    /// Whether the turn connection holds the writers' turn (the session
+    /// advisory lock). Changed only with `turn` locked; cleared when that
     /// connection is replaced, since the server released the lock with it.
     turn_held: AtomicBool,
     /// Whether the last append saw another session waiting for the turn.
@@ -221,6 +362,15 @@ fn transient(e: &postgres::Error) -> bool {
             let text = e.to_string();
             !text.contains("error serializing") && !text.contains("error deserializing")
         }
+    }
+}
+
+/// An error's text with the server's message: the client's own text for a
+/// server error is only "db error".
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 
@@ -268,6 +418,7 @@ impl PostgresStore {
             url: shown,
             writer: Mutex::new(None),
             reader: Mutex::new(None),
+            turn: Mutex::new(None),
             listener: Mutex::new(None),
             retry_for: Duration::from_secs(30),
             turn_held: AtomicBool::new(false),
@@ -340,9 +491,9 @@ impl PostgresStore {
                         Ok(value) => return Ok(value),
                         Err(e) if transient(&e) => {
                             self.drop_conn(slot, &mut guard);
-                            e.to_string()
+                            describe(&e)
                         }
-                        Err(e) => return Err(StoreError::Backend(e.to_string())),
+                        Err(e) => return Err(StoreError::Backend(describe(&e))),
                     },
                 }
             };
@@ -370,42 +521,61 @@ impl PostgresStore {
     /// Forgets a broken connection. The server releases a session's advisory
     /// locks when it ends, so the turn is no longer held.
     fn drop_conn(&self, slot: &Mutex<Option<Conn>>, guard: &mut MutexGuard<'_, Option<Conn>>) {
-        if std::ptr::eq(slot, &self.writer) {
+        if std::ptr::eq(slot, &self.turn) {
             self.turn_held.store(false, Ordering::Release);
         }
         **guard = None;
     }
 
-    /// Takes the writers' turn on the writer connection unless it holds it
+    /// Takes the writers' turn on the turn connection unless it holds it
     /// (see [`Store::take_turn`]): waits (in the server's queue, first come
     /// first served) at most [`TURN_WAIT`]. `None` also when the wait timed
-    /// out, and the append goes ahead without it.
-    fn take_turn_on(&self, conn: &mut Conn, from: u64, pass: bool) -> Result<Option<Vec<Vec<u8>>>, postgres::Error> {
-        let held = self.turn_held.load(Ordering::Acquire);
-        if held && !pass {
+    /// out, and the caller signs without it.
+    fn take_turn_on(&self, conn: &mut Conn, from: u64) -> Result<Option<Turn>, postgres::Error> {
+        if self.turn_held.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let pass = held && pass;
-        // From here the turn is not held, whatever the outcome (an unlock is not transactional).
-        self.turn_held.store(false, Ordering::Release);
         let wait_ms = TURN_WAIT.as_millis() as i32;
-        let (from, limit) = (from as i64, crate::store::TURN_ENTRIES as i32);
+        let (known, limit) = (from as i64, crate::store::TURN_ENTRIES as i32);
         match conn.query(
-            "SELECT entry_seq, entry_bytes FROM portcullis_take_turn($1, $2, $3, $4, $5, $6)",
-            &[&TURN_CLASS, &TURN_OBJECT, &wait_ms, &pass, &from, &limit],
+            "SELECT entry_seq, entry_bytes, part FROM portcullis_take_turn($1, $2, $3, $4, $5)",
+            &[&TURN_CLASS, &TURN_OBJECT, &wait_ms, &known, &limit],
         ) {
             Ok(rows) => {
                 self.turn_held.store(true, Ordering::Release);
                 self.turn_wanted.store(false, Ordering::Release);
-                let mut entries = Vec::with_capacity(rows.len());
-                for (i, row) in rows.iter().enumerate() {
-                    if row.get::<_, i64>(0) != from + i as i64 {
+                let mut turn = Turn::default();
+                let mut next = known;
+                for row in &rows {
+                    let (seq, part): (i64, &str) = (row.get(0), row.get(2));
+                    let bytes: Vec<u8> = row.get(1);
+                    let in_order = match part {
+                        "entry" => seq == next && turn.passed.leaves.is_empty(),
+                        "leaf" => seq == next,
+                        _ => seq == next - 1 && !turn.passed.leaves.is_empty(),
+                    };
+                    if !in_order {
                         // A gap: leave it to the caller's reads, which name the missing entry.
+                        turn.passed = Passed::default();
                         break;
                     }
-                    entries.push(row.get::<_, Vec<u8>>(1));
+                    match part {
+                        "entry" => turn.committed.push(bytes),
+                        "leaf" => match Hash::try_from(bytes.as_slice()) {
+                            Ok(leaf) => turn.passed.leaves.push(leaf),
+                            Err(_) => {
+                                turn.passed = Passed::default();
+                                break;
+                            }
+                        },
+                        _ => turn.passed.last = bytes,
+                    }
+                    next = seq + 1;
                 }
-                Ok(Some(entries))
+                if turn.passed.last.is_empty() {
+                    turn.passed.leaves.clear();
+                }
+                Ok(Some(turn))
             }
             Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 tracing::warn!("ledger store {}: another writer kept the turn for {TURN_WAIT:?}", self.url);
@@ -426,9 +596,24 @@ impl PostgresStore {
         let hashes: Vec<&[u8]> = batch.nodes.iter().map(|(_, _, h)| h.as_slice()).collect();
         let key_froms: Vec<i64> = batch.key_changes.iter().map(|(from, _)| *from as i64).collect();
         let key_vkeys: Vec<&str> = batch.key_changes.iter().map(|(_, vkey)| vkey.as_str()).collect();
+        let prev = batch.prev.as_ref().map(|h| h.as_slice());
+        let wait_ms = AHEAD_WAIT.as_millis() as i32;
         let result = conn.query_one(
-            "SELECT appended, head_size, turn_wanted FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[&expected, &entries, &ids, &node_ids, &hashes, &key_froms, &key_vkeys, &TURN_CLASS, &TURN_OBJECT],
+            "SELECT appended, head_size, turn_wanted \
+             FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &expected,
+                &prev,
+                &entries,
+                &ids,
+                &node_ids,
+                &hashes,
+                &key_froms,
+                &key_vkeys,
+                &TURN_CLASS,
+                &TURN_OBJECT,
+                &wait_ms,
+            ],
         );
         let row = match result {
             Ok(row) => row,
@@ -470,8 +655,10 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         // Closing a client blocks on its runtime, so it must not happen on an async runtime's thread.
-        let mut clients: Vec<Client> =
-            [&self.writer, &self.reader].into_iter().filter_map(|slot| lock(slot).take().map(|c| c.client)).collect();
+        let mut clients: Vec<Client> = [&self.writer, &self.reader, &self.turn]
+            .into_iter()
+            .filter_map(|slot| lock(slot).take().map(|c| c.client))
+            .collect();
         clients.extend(lock(&self.listener).take());
         if !clients.is_empty() {
             off_runtime(move || drop(clients));
@@ -506,9 +693,6 @@ impl Store for PostgresStore {
                 }
                 unknown = false;
             }
-            // Only the holder of the turn appends, so a replica that waited
-            // for it is not overtaken by one that signed without it.
-            self.take_turn_on(conn, batch.expected_size, false)?;
             match self.try_append(conn, batch) {
                 Ok(Attempt::Done) => Ok(Ok(())),
                 Ok(Attempt::Refused(e)) => Ok(Err(e)),
@@ -603,21 +787,25 @@ impl Store for PostgresStore {
         true
     }
 
-    fn take_turn(&self, from: u64, pass: bool) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
-        self.with_client(&self.writer, |conn| self.take_turn_on(conn, from, pass))
+    fn take_turn(&self, from: u64) -> Result<Option<Turn>, StoreError> {
+        self.with_client(&self.turn, |conn| self.take_turn_on(conn, from))
     }
 
     fn holds_turn(&self) -> bool {
         self.turn_held.load(Ordering::Acquire)
     }
 
-    fn end_turn(&self) -> Result<(), StoreError> {
+    fn pass_turn(&self, from: u64, in_flight: &Passed) -> Result<(), StoreError> {
         if !self.turn_held.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.with_client(&self.writer, |conn| {
+        self.with_client(&self.turn, |conn| {
             if self.turn_held.load(Ordering::Acquire) {
-                conn.query("SELECT pg_advisory_unlock($1, $2)", &[&TURN_CLASS, &TURN_OBJECT])?;
+                let leaves: Vec<&[u8]> = in_flight.leaves.iter().map(|l| l.as_slice()).collect();
+                conn.query(
+                    "CALL portcullis_pass_turn($1, $2, $3, $4, $5)",
+                    &[&(from as i64), &leaves, &in_flight.last, &TURN_CLASS, &TURN_OBJECT],
+                )?;
                 self.turn_held.store(false, Ordering::Release);
             }
             Ok(())

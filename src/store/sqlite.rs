@@ -113,6 +113,13 @@ impl Store for SqliteStore {
         if actual != batch.expected_size {
             return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
         }
+        if let Some((index, prev)) = batch.prev_leaf() {
+            let stored: Option<Vec<u8>> =
+                tx.query_row("SELECT hash FROM nodes WHERE id = ?1", [node_id(0, index)], |r| r.get(0)).optional()?;
+            if stored.as_deref() != Some(prev.as_slice()) {
+                return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
+            }
+        }
         {
             let mut insert = tx.prepare_cached("INSERT INTO entries (seq, entry) VALUES (?1, ?2)")?;
             for (i, entry) in batch.entries.iter().enumerate() {

@@ -10,7 +10,7 @@
 use crate::ledger::{draft, signer, verify_dir};
 use crate::postgres::TestPg;
 use portcullis::ledger::{Ledger, LedgerConfig, SequencerThread};
-use portcullis::store::{AppendBatch, KeyRecord, Store, StoreError};
+use portcullis::store::{AppendBatch, KeyRecord, Passed, Store, StoreError};
 use portcullis_format::event::{EventId, ParsedEntry};
 use portcullis_format::keys::KeySet;
 use std::collections::HashSet;
@@ -103,12 +103,19 @@ fn id(n: u64) -> [u8; 16] {
     id
 }
 
-/// A batch of `count` opaque entries at `at` (the store does not parse entries).
+/// The leaf hash `batch` gives entry `n`.
+fn leaf(n: u64) -> [u8; 32] {
+    [n as u8; 32]
+}
+
+/// A batch of `count` opaque entries at `at` (the store does not parse
+/// entries), signed, as it were, on the leaf `batch` gave entry `at - 1`.
 fn batch(at: u64, count: u64) -> AppendBatch {
     AppendBatch {
         expected_size: at,
+        prev: at.checked_sub(1).map(leaf),
         entries: (at..at + count).map(|n| format!("entry {n}").into_bytes()).collect(),
-        nodes: (at..at + count).map(|n| (0u8, n, [n as u8; 32])).collect(),
+        nodes: (at..at + count).map(|n| (0u8, n, leaf(n))).collect(),
         key_changes: Vec::new(),
         ids: (at..at + count).map(id).collect(),
     }
@@ -146,6 +153,25 @@ pub fn a_stale_position_conflicts_and_writes_nothing(backend: &dyn Backend) {
     let mut b = batch(5, 2);
     b.ids = vec![id(1040), id(1041)];
     store.append(&b).unwrap();
+}
+
+pub fn a_batch_signed_on_another_leaf_conflicts_and_writes_nothing(backend: &dyn Backend) {
+    let store = backend.open();
+    store.append(&batch(0, 3)).unwrap();
+    let mut other = batch(3, 2);
+    other.prev = Some([0xab; 32]);
+    match store.append(&other) {
+        Err(StoreError::AppendConflict { expected, actual }) => assert_eq!((expected, actual), (3, 3)),
+        other => panic!("append on a leaf the store does not hold: {other:?}"),
+    }
+    assert_eq!(store.size().unwrap(), 3);
+    // Signed on the stored leaf: appended, its ids free (nothing of the refused one was kept).
+    store.append(&batch(3, 2)).unwrap();
+    // Without a leaf to check, the position alone decides.
+    let mut unchecked = batch(5, 1);
+    unchecked.prev = None;
+    store.append(&unchecked).unwrap();
+    assert_eq!(entry_texts(store.as_ref(), 0, 100).len(), 6);
 }
 
 pub fn a_duplicate_event_id_is_refused_with_nothing_written(backend: &dyn Backend) {
@@ -401,6 +427,11 @@ macro_rules! contract {
                 super::a_duplicate_event_id_is_refused_with_nothing_written(&backend);
             }
             #[test]
+            fn a_batch_signed_on_another_leaf_conflicts_and_writes_nothing() {
+                let Some(backend) = runnable($backend) else { return };
+                super::a_batch_signed_on_another_leaf_conflicts_and_writes_nothing(&backend);
+            }
+            #[test]
             fn reads_from_any_position() {
                 let Some(backend) = runnable($backend) else { return };
                 super::reads_from_any_position(&backend);
@@ -438,3 +469,57 @@ contract!(sqlite, Sqlite::new());
 contract!(postgres, Postgres::new());
 #[cfg(feature = "kurrentdb")]
 contract!(kurrentdb, Kurrent::new());
+
+/// PostgreSQL passes the writers' turn with what its holder has in flight:
+/// the next holder reads it, appends on top of it once it commits, and is
+/// refused when it never commits or commits as other entries.
+#[test]
+fn postgres_passes_the_turn_with_the_entries_in_flight() {
+    let backend = Postgres::new();
+    let (a, b) = (backend.open(), backend.open());
+    assert!(a.take_turn(0).unwrap().is_some(), "a free turn is taken");
+    a.append(&batch(0, 2)).unwrap();
+    // `a` signed entries 2 and 3 and passes the turn before they commit.
+    let in_flight = batch(2, 2);
+    let passed = Passed { leaves: vec![leaf(2), leaf(3)], last: in_flight.entries[1].clone() };
+    a.pass_turn(2, &passed).unwrap();
+    assert!(!a.holds_turn());
+    let turn = b.take_turn(0).unwrap().expect("the passed turn is taken");
+    assert_eq!(entry_texts_of(&turn.committed), ["entry 0", "entry 1"]);
+    assert_eq!(turn.passed, passed);
+    // `b` signs on top; its append waits for the passed entries to commit.
+    let waiting = {
+        let b = Arc::clone(&b);
+        std::thread::spawn(move || b.append(&batch(4, 1)))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    a.append(&in_flight).unwrap();
+    waiting.join().unwrap().unwrap();
+    assert_eq!(b.size().unwrap(), 5);
+
+    // `b` passes entry 5, which then never commits: a batch signed on it waits and is refused.
+    b.pass_turn(5, &Passed { leaves: vec![leaf(5)], last: b"entry 5".to_vec() }).unwrap();
+    let turn = a.take_turn(2).unwrap().expect("taken back");
+    assert_eq!(turn.committed.len(), 3, "entries 2 to 4, committed since");
+    assert_eq!(turn.passed.leaves, [leaf(5)]);
+    let started = std::time::Instant::now();
+    match a.append(&batch(6, 1)) {
+        Err(StoreError::AppendConflict { expected: 6, actual: 5 }) => {}
+        other => panic!("an append on entries that never came: {other:?}"),
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "it waited for them first");
+    // Other entries land at 5: a batch signed on the passed leaf is refused, though its position is free.
+    let mut replaced = batch(5, 1);
+    replaced.nodes[0].2 = [0xcd; 32];
+    a.append(&replaced).unwrap();
+    assert!(matches!(a.append(&batch(6, 1)), Err(StoreError::AppendConflict { expected: 6, actual: 6 })));
+    a.pass_turn(6, &Passed::default()).unwrap();
+    // Nothing passed continues the store now: the next holder reads committed entries only.
+    let turn = b.take_turn(5).unwrap().expect("taken");
+    assert_eq!((turn.committed.len(), turn.passed), (1, Passed::default()));
+    assert_eq!(b.size().unwrap(), 6);
+}
+
+fn entry_texts_of(entries: &[Vec<u8>]) -> Vec<String> {
+    entries.iter().map(|e| String::from_utf8(e.clone()).unwrap()).collect()
+}

@@ -251,7 +251,8 @@ impl Store for KurrentStore {
             )));
         }
         let mut cache = self.current()?;
-        if cache.size != batch.expected_size {
+        let other_leaf = batch.prev_leaf().is_some_and(|(index, prev)| cache.node(0, index) != Some(prev));
+        if cache.size != batch.expected_size || other_leaf {
             return Err(StoreError::AppendConflict { expected: batch.expected_size, actual: cache.size });
         }
         let mut seen = HashSet::with_capacity(batch.ids.len());
