@@ -140,10 +140,9 @@ END $$;
 /// - `portcullis_append(10 arguments)` appends only if the stored leaf before
 ///   `expected` is `prev`, the leaf the batch was signed on: a batch signed on
 ///   passed entries that were then not committed, or committed differently,
-///   is refused as a conflict. A batch whose position is still ahead of the
-///   head (the entries it continues are on their way) waits up to `wait_ms`
-///   for them, re-reading the head without holding its lock (a
-///   subtransaction takes the lock and gives it back while it waits).
+///   is refused as a conflict. (A batch whose position is still ahead of the
+///   head is refused too; the client tries it again for [`AHEAD_WAIT`], since
+///   the entries it continues may be on their way.)
 ///
 /// The version 2 functions stay, so replicas of the previous release keep
 /// working until they are replaced (they neither pass nor read pending entries).
@@ -153,31 +152,14 @@ CREATE UNLOGGED TABLE ledger_pending (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE 
 
 CREATE FUNCTION portcullis_append(expected BIGINT, prev BYTEA, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
                                   node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
-                                  turn_class INT, turn_object INT, wait_ms INT)
+                                  turn_class INT, turn_object INT)
 RETURNS TABLE (appended BOOLEAN, head_size BIGINT, turn_wanted BOOLEAN) LANGUAGE plpgsql AS $$
 DECLARE
     current BIGINT;
     inserted BIGINT;
     dup BYTEA;
-    deadline TIMESTAMPTZ;
 BEGIN
-    SELECT h.size INTO current FROM ledger_head h;
-    IF current < expected THEN
-        deadline := clock_timestamp() + wait_ms * INTERVAL '1 millisecond';
-        LOOP
-            BEGIN
-                SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
-                IF current < expected AND clock_timestamp() < deadline THEN
-                    RAISE EXCEPTION 'behind the head' USING ERRCODE = 'PCWAI';
-                END IF;
-                EXIT;
-            EXCEPTION WHEN SQLSTATE 'PCWAI' THEN
-                PERFORM pg_sleep(0.001);
-            END;
-        END LOOP;
-    ELSE
-        SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
-    END IF;
+    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
     IF current <> expected OR (expected > 0 AND prev IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM ledger_nodes n WHERE n.id = expected - 1 AND n.hash = prev)) THEN
         RETURN QUERY SELECT FALSE, current, FALSE;
@@ -597,23 +579,10 @@ impl PostgresStore {
         let key_froms: Vec<i64> = batch.key_changes.iter().map(|(from, _)| *from as i64).collect();
         let key_vkeys: Vec<&str> = batch.key_changes.iter().map(|(_, vkey)| vkey.as_str()).collect();
         let prev = batch.prev.as_ref().map(|h| h.as_slice());
-        let wait_ms = AHEAD_WAIT.as_millis() as i32;
         let result = conn.query_one(
             "SELECT appended, head_size, turn_wanted \
-             FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &expected,
-                &prev,
-                &entries,
-                &ids,
-                &node_ids,
-                &hashes,
-                &key_froms,
-                &key_vkeys,
-                &TURN_CLASS,
-                &TURN_OBJECT,
-                &wait_ms,
-            ],
+             FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[&expected, &prev, &entries, &ids, &node_ids, &hashes, &key_froms, &key_vkeys, &TURN_CLASS, &TURN_OBJECT],
         );
         let row = match result {
             Ok(row) => row,
@@ -693,12 +662,24 @@ impl Store for PostgresStore {
                 }
                 unknown = false;
             }
-            match self.try_append(conn, batch) {
-                Ok(Attempt::Done) => Ok(Ok(())),
-                Ok(Attempt::Refused(e)) => Ok(Err(e)),
-                Err(e) => {
-                    unknown = true;
-                    Err(e)
+            // A position ahead of the head: the entries the batch continues (passed
+            // with the turn) may still be on their way; try again for a while.
+            let deadline = Instant::now() + AHEAD_WAIT;
+            let mut pause = Duration::from_micros(50);
+            loop {
+                match self.try_append(conn, batch) {
+                    Ok(Attempt::Done) => return Ok(Ok(())),
+                    Ok(Attempt::Refused(StoreError::AppendConflict { actual, .. }))
+                        if actual < batch.expected_size && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
+                    Ok(Attempt::Refused(e)) => return Ok(Err(e)),
+                    Err(e) => {
+                        unknown = true;
+                        return Err(e);
+                    }
                 }
             }
         })?
