@@ -186,6 +186,7 @@ impl Ledger {
             seen_epoch: 0,
             in_flight: VecDeque::new(),
             peer_active: false,
+            passed_end: 0,
             retry_tx,
             retry_rx,
             wake: tx.downgrade(),
@@ -550,6 +551,8 @@ impl Writer {
 struct InFlight {
     ids: HashSet<[u8; 16]>,
     from: u64,
+    /// The leaf it was signed on.
+    before: Hash,
     leaves: Vec<Hash>,
     last: Vec<u8>,
 }
@@ -569,6 +572,10 @@ struct Sequencer {
     /// one last took it: the turn is then passed after every batch (see
     /// [`Sequencer::take_turn`]).
     peer_active: bool,
+    /// The end of the entries passed with the turn that the state rests on
+    /// (0: none); they are not known to be committed while the durable state
+    /// is shorter.
+    passed_end: u64,
     /// The state after the last batch the writer committed (see [`Writer::durable`]).
     durable: Arc<Mutex<State>>,
     retry_tx: std::sync::mpsc::Sender<Box<Pending>>,
@@ -626,22 +633,21 @@ impl Sequencer {
             if requests.iter().any(|r| matches!(r, Request::Append { .. } | Request::Wake)) {
                 self.take_turn(&writer_tx);
             }
-            if self.epoch.load(Ordering::Acquire) != self.seen_epoch {
+            let conditional = requests.iter().any(|r| matches!(r, Request::Append { after: Some(_), .. }));
+            if self.epoch.load(Ordering::Acquire) != self.seen_epoch || (conditional && self.rests_on_passed()) {
+                // A conditional request is decided on committed entries: it is checked
+                // against those, not against passed entries that may never commit.
                 self.sync(&writer_tx);
             }
             let mut pending = self.start_batch();
             // What came back from the writer goes first, in its order.
             self.resign_returned(&mut pending);
-            let mut idle = pending.batch.entries.is_empty();
-            let mut idle_tick = false;
             for request in requests {
                 match request {
                     Request::Append { drafts, after, respond } => {
-                        idle = false;
                         self.sign_into(&mut pending, drafts, after, respond, 1);
                     }
-                    Request::Wake => {}
-                    Request::Idle => idle_tick = true,
+                    Request::Wake | Request::Idle => {}
                     Request::Checkpoint { respond } => {
                         self.dispatch(pending, &writer_tx);
                         self.sync(&writer_tx);
@@ -652,6 +658,8 @@ impl Sequencer {
                     Request::Rotate { new_key, actor, respond } => {
                         self.dispatch(pending, &writer_tx);
                         self.sync(&writer_tx);
+                        // Signed under the turn, like any batch (its own append checks the leaf).
+                        self.take_turn(&writer_tx);
                         let _ = respond.send(self.rotate(*new_key, actor));
                         pending = self.start_batch();
                     }
@@ -660,7 +668,8 @@ impl Sequencer {
             }
             let signed = !pending.batch.entries.is_empty();
             self.dispatch(pending, &writer_tx);
-            if (idle && idle_tick) || (signed && (self.peer_active || self.store.turn_wanted())) {
+            // The turn is kept only by a replica that signs, alone, and is not waited for.
+            if !signed || self.peer_active || self.store.turn_wanted() {
                 self.pass_turn();
             }
         }
@@ -742,6 +751,7 @@ impl Sequencer {
             self.follow_store();
             return;
         }
+        let committed_end = state.frontier.size();
         {
             let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
             if durable.frontier.size() == before {
@@ -750,22 +760,34 @@ impl Sequencer {
                 publish(&self.head, &state);
             }
         }
+        if committed_end > before {
+            // Committed on top of the state: what it rested on is committed too (the chain says so).
+            self.foreign_end = committed_end;
+            self.passed_end = 0;
+        }
+        self.state = state;
         if !complete {
-            self.state = state;
-            self.took_unsigned(before);
             self.sync(writer);
             self.follow_store();
             self.peer_active = true;
             return;
         }
-        let mut with_passed = state.clone();
-        match open::add_passed(&self.signer, &mut with_passed, &turn.passed) {
-            Ok(()) => state = with_passed,
-            Err(e) => tracing::debug!("not signing on the entries passed with the turn: {e}"),
+        if !turn.passed.leaves.is_empty() {
+            let mut with_passed = self.state.clone();
+            match open::add_passed(&self.signer, &mut with_passed, &turn.passed) {
+                Ok(()) => {
+                    self.state = with_passed;
+                    self.passed_end = self.state.frontier.size();
+                }
+                Err(e) => tracing::debug!("not signing on the entries passed with the turn: {e}"),
+            }
         }
-        self.state = state;
-        self.took_unsigned(before);
         self.peer_active = self.state.frontier.size() > before;
+    }
+
+    /// Whether the state rests on passed entries not yet known to be committed.
+    fn rests_on_passed(&self) -> bool {
+        self.passed_end > self.durable.lock().unwrap_or_else(|e| e.into_inner()).frontier.size()
     }
 
     /// Gives the writers' turn up, passing the entries this replica signed
@@ -788,6 +810,7 @@ impl Sequencer {
             }
         }
         let in_flight = Passed {
+            before: tail.last().map(|b| b.before).unwrap_or_default(),
             leaves: tail.iter().rev().flat_map(|b| b.leaves.iter().copied()).collect(),
             last: tail.first().map(|b| b.last.clone()).unwrap_or_default(),
         };
@@ -822,6 +845,7 @@ impl Sequencer {
         self.in_flight.push_back(InFlight {
             ids: pending.ids.clone(),
             from: pending.batch.expected_size,
+            before: pending.batch.prev.unwrap_or_default(),
             leaves: pending.batch.nodes.iter().filter(|(level, _, _)| *level == 0).map(|(_, _, leaf)| *leaf).collect(),
             last: pending.batch.entries.last().cloned().unwrap_or_default(),
         });
@@ -852,6 +876,9 @@ impl Sequencer {
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         if epoch != self.seen_epoch {
+            // A batch failed: the turn may have been lost with its connection, or
+            // passed entries did not commit. Give it up; the next take starts afresh.
+            self.pass_turn();
             if self.resume_from_durable() || self.reload() {
                 self.seen_epoch = epoch;
             }
@@ -861,6 +888,7 @@ impl Sequencer {
             // the store now holds, is what a checkpoint or a rotation may rest on.
             if !self.resume_from_durable() {
                 self.state = self.durable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.passed_end = 0;
             }
         }
     }
@@ -875,6 +903,7 @@ impl Sequencer {
         match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
             Ok(()) => {
                 self.state = state;
+                self.passed_end = 0;
                 self.took_unsigned(before);
                 *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                 self.publish_head();
@@ -899,6 +928,7 @@ impl Sequencer {
         match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
             Ok(()) => {
                 self.state = state;
+                self.passed_end = 0;
                 self.took_unsigned(before);
                 *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
                 self.publish_head();
@@ -1029,6 +1059,7 @@ impl Sequencer {
         match open::check_and_load(self.store.as_ref(), &self.signer) {
             Ok(state) => {
                 self.state = state;
+                self.passed_end = 0;
                 // Whose entries the store holds is unknown after a failure: all count as unsigned here.
                 self.foreign_end = self.state.frontier.size();
                 *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();

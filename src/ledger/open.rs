@@ -194,14 +194,19 @@ pub(crate) fn add_entries(signer: &SignerKey, state: &mut State, entries: Vec<Ve
 }
 
 /// Adds to `state` the entries another replica passed with the writers' turn
-/// (signed, maybe not yet committed; see [`crate::store::Passed`]): their
-/// leaves, and the last of them whole, which is checked as [`add_entries`]
-/// checks the last entry of a read, and whose `prev` must be the leaf before
-/// it. The others are known by their leaves only: the store appends on top
-/// of them only if it holds the last one, byte for byte, at its position.
+/// (signed, maybe not yet committed; see [`crate::store::Passed`]): they
+/// must continue the leaf `state` ends on; the last of them, whole, is
+/// checked as [`add_entries`] checks the last entry of a read, and its `prev`
+/// must be the leaf before it. The others are known by their leaves only:
+/// the store appends on top of them only if it holds the last one, byte for
+/// byte, at its position.
 pub(crate) fn add_passed(signer: &SignerKey, state: &mut State, passed: &Passed) -> Result<(), TailCheckError> {
     let Some((&last_leaf, before)) = passed.leaves.split_last() else { return Ok(()) };
     let seq = state.frontier.size() + before.len() as u64;
+    if passed.before != state.prev {
+        let first = state.frontier.size();
+        return Err(TailCheckError::Entry { seq: first, reason: "the passed entries continue another leaf".into() });
+    }
     let prev = before.last().unwrap_or(&state.prev);
     let (leaf, ts) = check_next(signer, seq, prev, state.last_ts, &passed.last, true)?;
     if leaf != last_leaf {
@@ -246,4 +251,87 @@ fn check_next(
         return Err(bad(format!("signature by the key in force {} does not verify", signer.verifier())));
     }
     Ok((leaf_hash(entry), event.ts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_format::event::{Actor, Event, EventDraft, EventId};
+    use portcullis_format::json::Json;
+
+    fn signer() -> SignerKey {
+        SignerKey::from_seed("portcullis.test/open", &[7; 32]).unwrap()
+    }
+
+    /// `count` signed entries continuing `state`, and the state after them.
+    fn entries(signer: &SignerKey, state: &State, count: u64) -> (Vec<Vec<u8>>, State) {
+        let mut next = state.clone();
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let draft = EventDraft {
+                id: EventId::random().unwrap(),
+                kind: "request.created".into(),
+                v: 1,
+                actor: Actor { sub: "ana".into(), groups: vec![], via: "token".into() },
+                data: Json::Obj(vec![("reason".into(), Json::Str("INC-1".into()))]),
+            };
+            let seq = next.frontier.size();
+            let ts = Timestamp::from_unix_micros(1_000_000 + seq as i64).unwrap();
+            let entry = Event { log: signer.name().into(), seq, prev: next.prev, ts, draft }.sign(&[signer]).unwrap();
+            next.prev = leaf_hash(&entry);
+            next.frontier.push(next.prev, |_, _, _| {});
+            next.last_ts = ts;
+            out.push(entry);
+        }
+        (out, next)
+    }
+
+    fn passed(entries: &[Vec<u8>], before: Hash) -> Passed {
+        Passed { before, leaves: entries.iter().map(|e| leaf_hash(e)).collect(), last: entries.last().unwrap().clone() }
+    }
+
+    #[test]
+    fn passed_entries_that_continue_the_state_are_taken_by_their_leaves() {
+        let signer = signer();
+        let start =
+            State { frontier: Frontier::default(), prev: [0; 32], last_ts: Timestamp::EPOCH, checkpoint_size: None };
+        let (first, state) = entries(&signer, &start, 3);
+        let (next, after) = entries(&signer, &state, 4);
+        let mut taken = state.clone();
+        add_passed(&signer, &mut taken, &passed(&next, state.prev)).unwrap();
+        assert_eq!(
+            (taken.frontier.root(), taken.prev, taken.last_ts),
+            (after.frontier.root(), after.prev, after.last_ts)
+        );
+        // Nothing passed: nothing changes.
+        let mut same = state.clone();
+        add_passed(&signer, &mut same, &Passed::default()).unwrap();
+        assert_eq!(same.frontier.size(), 3);
+        let _ = first;
+    }
+
+    #[test]
+    fn passed_entries_on_another_leaf_or_badly_signed_are_refused() {
+        let signer = signer();
+        let start =
+            State { frontier: Frontier::default(), prev: [0; 32], last_ts: Timestamp::EPOCH, checkpoint_size: None };
+        let (_, state) = entries(&signer, &start, 3);
+        let (next, _) = entries(&signer, &state, 2);
+        // They continue another leaf than the one the state ends on.
+        let mut taken = state.clone();
+        assert!(add_passed(&signer, &mut taken, &passed(&next, [9; 32])).is_err());
+        assert_eq!(taken.frontier.size(), 3, "the state is left as it was");
+        // The last leaf is not the last entry's.
+        let mut wrong_leaf = passed(&next, state.prev);
+        wrong_leaf.leaves[1] = [8; 32];
+        assert!(add_passed(&signer, &mut state.clone(), &wrong_leaf).is_err());
+        // Signed by another key.
+        let other = SignerKey::from_seed("portcullis.test/open", &[8; 32]).unwrap();
+        let (foreign, _) = entries(&other, &state, 2);
+        assert!(add_passed(&signer, &mut state.clone(), &passed(&foreign, state.prev)).is_err());
+        // The last entry's prev is not the leaf passed before it.
+        let mut unchained = passed(&next, state.prev);
+        unchained.leaves.insert(0, [7; 32]);
+        assert!(add_passed(&signer, &mut state.clone(), &unchained).is_err());
+    }
 }

@@ -65,6 +65,9 @@ pub struct Turn {
 /// that did not become the store's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Passed {
+    /// The leaf before the first of `leaves`: the next holder takes the
+    /// entries only if it is the leaf its own state ends on.
+    pub before: Hash,
     /// The leaf hashes of the entries, in order.
     pub leaves: Vec<Hash>,
     /// The last entry (empty when `leaves` is).

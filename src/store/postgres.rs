@@ -135,8 +135,10 @@ END $$;
 ///   earlier one.
 /// - `portcullis_take_turn(5 arguments)` waits for the turn, then returns the
 ///   committed entries from `known` on (`part` = `entry`), followed, when
-///   they continue them, by what the last holder passed: its leaves from
-///   there on (`leaf`) and its last entry (`last`). The taker signs on top.
+///   they reach that far, by what the last holder passed from there on: the
+///   leaf before (`before`, which the taker checks is the one its state ends
+///   on), the leaves (`leaf`) and the last entry (`last`). The taker signs on
+///   top.
 /// - `portcullis_append(10 arguments)` appends only if the stored leaf before
 ///   `expected` is `prev`, the leaf the batch was signed on: a batch signed on
 ///   passed entries that were then not committed, or committed differently,
@@ -148,7 +150,8 @@ END $$;
 /// working until they are replaced (they neither pass nor read pending entries).
 const TURN_PASSING: &str = "
 CREATE UNLOGGED TABLE ledger_pending (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
-                                      from_seq BIGINT NOT NULL, leaves BYTEA[] NOT NULL, last_entry BYTEA NOT NULL);
+                                      from_seq BIGINT NOT NULL, before_leaf BYTEA NOT NULL,
+                                      leaves BYTEA[] NOT NULL, last_entry BYTEA NOT NULL);
 
 CREATE FUNCTION portcullis_append(expected BIGINT, prev BYTEA, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
                                   node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
@@ -191,15 +194,17 @@ BEGIN
           AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
 END $$;
 
-CREATE PROCEDURE portcullis_pass_turn(passed_from BIGINT, leaves BYTEA[], last_entry BYTEA,
+CREATE PROCEDURE portcullis_pass_turn(passed_from BIGINT, before_leaf BYTEA, leaves BYTEA[], last_entry BYTEA,
                                       turn_class INT, turn_object INT)
 LANGUAGE plpgsql AS $$
 BEGIN
     -- The row is a hint (unlogged): its commit need not wait for the disk.
     PERFORM set_config('synchronous_commit', 'off', true);
-    INSERT INTO ledger_pending (only_row, from_seq, leaves, last_entry) VALUES (TRUE, passed_from, leaves, last_entry)
+    INSERT INTO ledger_pending (only_row, from_seq, before_leaf, leaves, last_entry)
+        VALUES (TRUE, passed_from, before_leaf, leaves, last_entry)
         ON CONFLICT (only_row) DO UPDATE
-        SET from_seq = excluded.from_seq, leaves = excluded.leaves, last_entry = excluded.last_entry;
+        SET from_seq = excluded.from_seq, before_leaf = excluded.before_leaf, leaves = excluded.leaves,
+            last_entry = excluded.last_entry;
     -- Committed before the turn is free, so the next holder reads this pass.
     COMMIT;
     PERFORM pg_advisory_unlock(turn_class, turn_object);
@@ -209,6 +214,7 @@ CREATE FUNCTION portcullis_take_turn(turn_class INT, turn_object INT, wait_ms IN
 RETURNS TABLE (entry_seq BIGINT, entry_bytes BYTEA, part TEXT) LANGUAGE plpgsql AS $$
 DECLARE
     passed_from BIGINT;
+    passed_before BYTEA;
     passed_leaves BYTEA[];
     passed_last BYTEA;
     passed_end BIGINT;
@@ -217,13 +223,17 @@ DECLARE
 BEGIN
     PERFORM set_config('lock_timeout', wait_ms::text, true);
     PERFORM pg_advisory_lock(turn_class, turn_object);
-    SELECT p.from_seq, p.leaves, p.last_entry INTO passed_from, passed_leaves, passed_last FROM ledger_pending p;
+    SELECT p.from_seq, p.before_leaf, p.leaves, p.last_entry
+        INTO passed_from, passed_before, passed_leaves, passed_last FROM ledger_pending p;
     SELECT h.size INTO head FROM ledger_head h;
     RETURN QUERY SELECT e.seq, e.entry, 'entry' FROM ledger_entries e
         WHERE e.seq >= known AND e.seq < head ORDER BY e.seq LIMIT max_entries;
     start := greatest(known, head);
     passed_end := passed_from + coalesce(cardinality(passed_leaves), 0);
     IF head - known <= max_entries AND passed_from <= start AND passed_end > start THEN
+        -- The leaf the returned ones continue, for the taker to check against its own.
+        RETURN QUERY SELECT start, CASE WHEN start = passed_from THEN passed_before
+                                        ELSE passed_leaves[start - passed_from] END, 'before';
         RETURN QUERY SELECT passed_from + l.n - 1, l.leaf, 'leaf'
             FROM unnest(passed_leaves) WITH ORDINALITY AS l(leaf, n)
             WHERE passed_from + l.n - 1 >= start ORDER BY l.n;
@@ -244,7 +254,7 @@ const TURN_WAIT: Duration = Duration::from_secs(2);
 /// How long an append whose position is ahead of the head waits for the
 /// entries it continues (passed with the turn, still being committed by the
 /// replica that signed them) before it is refused as a conflict.
-const AHEAD_WAIT: Duration = Duration::from_millis(200);
+const AHEAD_WAIT: Duration = Duration::from_millis(50);
 
 /// The schema version this build writes and reads.
 pub fn schema_version() -> i32 {
@@ -528,12 +538,14 @@ impl PostgresStore {
                 self.turn_wanted.store(false, Ordering::Release);
                 let mut turn = Turn::default();
                 let mut next = known;
+                let mut passing = false;
                 for row in &rows {
                     let (seq, part): (i64, &str) = (row.get(0), row.get(2));
                     let bytes: Vec<u8> = row.get(1);
                     let in_order = match part {
-                        "entry" => seq == next && turn.passed.leaves.is_empty(),
-                        "leaf" => seq == next,
+                        "entry" => seq == next && !passing,
+                        "before" => seq == next && !passing,
+                        "leaf" => seq == next && passing,
                         _ => seq == next - 1 && !turn.passed.leaves.is_empty(),
                     };
                     if !in_order {
@@ -541,16 +553,22 @@ impl PostgresStore {
                         turn.passed = Passed::default();
                         break;
                     }
+                    let hash = || Hash::try_from(bytes.as_slice());
                     match part {
                         "entry" => turn.committed.push(bytes),
-                        "leaf" => match Hash::try_from(bytes.as_slice()) {
-                            Ok(leaf) => turn.passed.leaves.push(leaf),
+                        "last" => turn.passed.last = bytes,
+                        _ => match hash() {
+                            Ok(leaf) if part == "leaf" => turn.passed.leaves.push(leaf),
+                            Ok(leaf) => {
+                                turn.passed.before = leaf;
+                                passing = true;
+                                continue;
+                            }
                             Err(_) => {
                                 turn.passed = Passed::default();
                                 break;
                             }
                         },
-                        _ => turn.passed.last = bytes,
                     }
                     next = seq + 1;
                 }
@@ -784,8 +802,15 @@ impl Store for PostgresStore {
             if self.turn_held.load(Ordering::Acquire) {
                 let leaves: Vec<&[u8]> = in_flight.leaves.iter().map(|l| l.as_slice()).collect();
                 conn.query(
-                    "CALL portcullis_pass_turn($1, $2, $3, $4, $5)",
-                    &[&(from as i64), &leaves, &in_flight.last, &TURN_CLASS, &TURN_OBJECT],
+                    "CALL portcullis_pass_turn($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &(from as i64),
+                        &in_flight.before.as_slice(),
+                        &leaves,
+                        &in_flight.last,
+                        &TURN_CLASS,
+                        &TURN_OBJECT,
+                    ],
                 )?;
                 self.turn_held.store(false, Ordering::Release);
             }

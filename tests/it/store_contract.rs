@@ -481,7 +481,7 @@ fn postgres_passes_the_turn_with_the_entries_in_flight() {
     a.append(&batch(0, 2)).unwrap();
     // `a` signed entries 2 and 3 and passes the turn before they commit.
     let in_flight = batch(2, 2);
-    let passed = Passed { leaves: vec![leaf(2), leaf(3)], last: in_flight.entries[1].clone() };
+    let passed = Passed { before: leaf(1), leaves: vec![leaf(2), leaf(3)], last: in_flight.entries[1].clone() };
     a.pass_turn(2, &passed).unwrap();
     assert!(!a.holds_turn());
     let turn = b.take_turn(0).unwrap().expect("the passed turn is taken");
@@ -498,16 +498,16 @@ fn postgres_passes_the_turn_with_the_entries_in_flight() {
     assert_eq!(b.size().unwrap(), 5);
 
     // `b` passes entry 5, which then never commits: a batch signed on it waits and is refused.
-    b.pass_turn(5, &Passed { leaves: vec![leaf(5)], last: b"entry 5".to_vec() }).unwrap();
+    b.pass_turn(5, &Passed { before: leaf(4), leaves: vec![leaf(5)], last: b"entry 5".to_vec() }).unwrap();
     let turn = a.take_turn(2).unwrap().expect("taken back");
     assert_eq!(turn.committed.len(), 3, "entries 2 to 4, committed since");
-    assert_eq!(turn.passed.leaves, [leaf(5)]);
+    assert_eq!((turn.passed.before, turn.passed.leaves), (leaf(4), vec![leaf(5)]));
     let started = std::time::Instant::now();
     match a.append(&batch(6, 1)) {
         Err(StoreError::AppendConflict { expected: 6, actual: 5 }) => {}
         other => panic!("an append on entries that never came: {other:?}"),
     }
-    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "it waited for them first");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(40), "it waited for them first");
     // Other entries land at 5: a batch signed on the passed leaf is refused, though its position is free.
     let mut replaced = batch(5, 1);
     replaced.nodes[0].2 = [0xcd; 32];
@@ -518,6 +518,14 @@ fn postgres_passes_the_turn_with_the_entries_in_flight() {
     let turn = b.take_turn(5).unwrap().expect("taken");
     assert_eq!((turn.committed.len(), turn.passed), (1, Passed::default()));
     assert_eq!(b.size().unwrap(), 6);
+
+    // A pass that began before the taker's position: the leaf the returned ones continue is
+    // the pass's own, for the taker to check against the leaf its state ends on.
+    let ours = [[0x61; 32], [0x62; 32], [0x63; 32]];
+    b.pass_turn(6, &Passed { before: leaf(5), leaves: ours.to_vec(), last: b"entry 8".to_vec() }).unwrap();
+    let turn = a.take_turn(7).unwrap().expect("taken");
+    assert!(turn.committed.is_empty());
+    assert_eq!((turn.passed.before, turn.passed.leaves), (ours[0], ours[1..].to_vec()));
 }
 
 fn entry_texts_of(entries: &[Vec<u8>]) -> Vec<String> {
