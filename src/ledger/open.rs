@@ -290,12 +290,17 @@ mod tests {
         Passed { before, leaves: entries.iter().map(|e| leaf_hash(e)).collect(), last: entries.last().unwrap().clone() }
     }
 
+    /// A state of three entries, signed by `signer`.
+    fn three(signer: &SignerKey) -> State {
+        let empty =
+            State { frontier: Frontier::default(), prev: [0; 32], last_ts: Timestamp::EPOCH, checkpoint_size: None };
+        entries(signer, &empty, 3).1
+    }
+
     #[test]
     fn passed_entries_that_continue_the_state_are_taken_by_their_leaves() {
         let signer = signer();
-        let start =
-            State { frontier: Frontier::default(), prev: [0; 32], last_ts: Timestamp::EPOCH, checkpoint_size: None };
-        let (first, state) = entries(&signer, &start, 3);
+        let state = three(&signer);
         let (next, after) = entries(&signer, &state, 4);
         let mut taken = state.clone();
         add_passed(&signer, &mut taken, &passed(&next, state.prev)).unwrap();
@@ -307,15 +312,12 @@ mod tests {
         let mut same = state.clone();
         add_passed(&signer, &mut same, &Passed::default()).unwrap();
         assert_eq!(same.frontier.size(), 3);
-        let _ = first;
     }
 
     #[test]
     fn passed_entries_on_another_leaf_or_badly_signed_are_refused() {
         let signer = signer();
-        let start =
-            State { frontier: Frontier::default(), prev: [0; 32], last_ts: Timestamp::EPOCH, checkpoint_size: None };
-        let (_, state) = entries(&signer, &start, 3);
+        let state = three(&signer);
         let (next, _) = entries(&signer, &state, 2);
         // They continue another leaf than the one the state ends on.
         let mut taken = state.clone();

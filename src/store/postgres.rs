@@ -18,7 +18,7 @@
 //!
 //! # The writers' turn
 //! A session advisory lock on a connection of its own, taken before signing
-//! and passed with the entries in flight (see [`TURN_PASSING`]), so the next
+//! and passed with the entries in flight (schema version 3, `TURN_PASSING`), so the next
 //! replica signs while they commit.
 //!
 //! # Guarantees
