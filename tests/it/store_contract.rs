@@ -531,3 +531,109 @@ fn postgres_passes_the_turn_with_the_entries_in_flight() {
 fn entry_texts_of(entries: &[Vec<u8>]) -> Vec<String> {
     entries.iter().map(|e| String::from_utf8(e.clone()).unwrap()).collect()
 }
+
+/// A replica that passed the turn with entries that then never commit (it
+/// died, or its batch failed) holds nothing up on the next holder: a command
+/// decided on the committed ledger is appended there, not refused as stale
+/// against the passed entries, and plain appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_entries_passed_that_never_commit_hold_nothing_up() {
+    let backend = Postgres::new();
+    let (ledger, thread) = open_ledger(backend.open());
+    ledger.append(draft(1)).await.unwrap();
+    let size = ledger.refresh_head().await.unwrap().size;
+    let other = backend.open();
+    tokio::task::spawn_blocking(move || {
+        // The ledger gives the turn up once its writer is idle.
+        while other.take_turn(size).unwrap().is_none() {}
+        let last = other.entries(size - 1, 1).unwrap().pop().unwrap();
+        let prev = portcullis_format::merkle::leaf_hash(&last);
+        let event = portcullis_format::event::Event {
+            log: signer(1).name().into(),
+            seq: size,
+            prev,
+            ts: portcullis_format::time::Timestamp::now(),
+            draft: draft(2),
+        };
+        let phantom = event.sign(&[&signer(1)]).unwrap();
+        let leaf = portcullis_format::merkle::leaf_hash(&phantom);
+        other.pass_turn(size, &Passed { before: prev, leaves: vec![leaf], last: phantom }).unwrap();
+    })
+    .await
+    .unwrap();
+    let decided = ledger.append_all_after(vec![draft(3)], size).await.expect("appended on the committed ledger");
+    assert_eq!(decided[0].seq, size);
+    assert_eq!(ledger.append(draft(4)).await.unwrap().seq, size + 1);
+    ledger.checkpoint().await.unwrap();
+    close(ledger, thread).await;
+    assert_eq!(verify_store(backend.open().as_ref()), size + 2);
+}
+
+/// A command decided before entries another replica passed with the turn is
+/// not appended after them when they commit: the holder checks it against
+/// committed entries only, so it is signed where they go, loses to them, and
+/// is refused as stale (decide again), as if they had been committed before
+/// it took the turn. Appends are held back by a lock on the head row so that
+/// the passed entries commit after the turn was taken and before the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_command_decided_before_passed_entries_that_commit_is_stale() {
+    let backend = Postgres::new();
+    let (ledger, thread) = open_ledger(backend.open());
+    ledger.append(draft(1)).await.unwrap();
+    let size = ledger.refresh_head().await.unwrap().size;
+    let url = backend.url();
+    let (holding, release) = std::sync::mpsc::channel::<()>();
+    let (held, wait_held) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.query("SELECT size FROM ledger_head FOR UPDATE", &[]).unwrap();
+        held.send(()).unwrap();
+        release.recv().unwrap();
+        tx.commit().unwrap();
+    });
+    wait_held.recv().unwrap();
+    let other = backend.open();
+    let committing = tokio::task::spawn_blocking(move || {
+        while other.take_turn(size).unwrap().is_none() {}
+        let last = other.entries(size - 1, 1).unwrap().pop().unwrap();
+        let prev = portcullis_format::merkle::leaf_hash(&last);
+        let event = portcullis_format::event::Event {
+            log: signer(1).name().into(),
+            seq: size,
+            prev,
+            ts: portcullis_format::time::Timestamp::now(),
+            draft: draft(2),
+        };
+        let entry = event.sign(&[&signer(1)]).unwrap();
+        let leaf = portcullis_format::merkle::leaf_hash(&entry);
+        other.pass_turn(size, &Passed { before: prev, leaves: vec![leaf], last: entry.clone() }).unwrap();
+        // Queued on the head row first, so it commits first.
+        let batch = AppendBatch {
+            expected_size: size,
+            prev: Some(prev),
+            entries: vec![entry],
+            nodes: vec![(0, size, leaf)],
+            key_changes: Vec::new(),
+            ids: vec![event.draft.id.0],
+        };
+        other.append(&batch)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let decided = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.append_all_after(vec![draft(3)], size).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holding.send(()).unwrap();
+    holder.join().unwrap();
+    committing.await.unwrap().expect("the passed entry commits");
+    match decided.await.unwrap() {
+        Err(portcullis::ledger::AppendError::Stale { after }) => assert_eq!(after, size),
+        other => panic!("a command decided before a committed entry: {other:?}"),
+    }
+    assert_eq!(ledger.append(draft(4)).await.unwrap().seq, size + 1);
+    ledger.checkpoint().await.unwrap();
+    close(ledger, thread).await;
+    assert_eq!(verify_store(backend.open().as_ref()), size + 2);
+}
