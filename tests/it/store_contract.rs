@@ -619,12 +619,12 @@ async fn postgres_a_command_decided_before_passed_entries_that_commit_is_stale()
         };
         other.append(&batch)
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    waiting_for_locks(&backend.url(), 1).await;
     let decided = {
         let ledger = ledger.clone();
         tokio::spawn(async move { ledger.append_all_after(vec![draft(3)], size).await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    waiting_for_locks(&backend.url(), 2).await;
     holding.send(()).unwrap();
     holder.join().unwrap();
     committing.await.unwrap().expect("the passed entry commits");
@@ -636,4 +636,24 @@ async fn postgres_a_command_decided_before_passed_entries_that_commit_is_stale()
     ledger.checkpoint().await.unwrap();
     close(ledger, thread).await;
     assert_eq!(verify_store(backend.open().as_ref()), size + 2);
+}
+
+/// Waits until `n` sessions of the database at `url` wait for a lock.
+async fn waiting_for_locks(url: &str, n: i64) {
+    for _ in 0..1000 {
+        let url = url.to_string();
+        let waiting: i64 = tokio::task::spawn_blocking(move || {
+            let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+            let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                       AND datname = current_database()";
+            client.query_one(sql, &[]).unwrap().get(0)
+        })
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} sessions came to wait for a lock");
 }
