@@ -543,24 +543,7 @@ async fn postgres_entries_passed_that_never_commit_hold_nothing_up() {
     ledger.append(draft(1)).await.unwrap();
     let size = ledger.refresh_head().await.unwrap().size;
     let other = backend.open();
-    tokio::task::spawn_blocking(move || {
-        // The ledger gives the turn up once its writer is idle.
-        while other.take_turn(size).unwrap().is_none() {}
-        let last = other.entries(size - 1, 1).unwrap().pop().unwrap();
-        let prev = portcullis_format::merkle::leaf_hash(&last);
-        let event = portcullis_format::event::Event {
-            log: signer(1).name().into(),
-            seq: size,
-            prev,
-            ts: portcullis_format::time::Timestamp::now(),
-            draft: draft(2),
-        };
-        let phantom = event.sign(&[&signer(1)]).unwrap();
-        let leaf = portcullis_format::merkle::leaf_hash(&phantom);
-        other.pass_turn(size, &Passed { before: prev, leaves: vec![leaf], last: phantom }).unwrap();
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || pass_a_signed_entry(other.as_ref(), size)).await.unwrap();
     let decided = ledger.append_all_after(vec![draft(3)], size).await.expect("appended on the committed ledger");
     assert_eq!(decided[0].seq, size);
     assert_eq!(ledger.append(draft(4)).await.unwrap().seq, size + 1);
@@ -595,29 +578,8 @@ async fn postgres_a_command_decided_before_passed_entries_that_commit_is_stale()
     wait_held.recv().unwrap();
     let other = backend.open();
     let committing = tokio::task::spawn_blocking(move || {
-        while other.take_turn(size).unwrap().is_none() {}
-        let last = other.entries(size - 1, 1).unwrap().pop().unwrap();
-        let prev = portcullis_format::merkle::leaf_hash(&last);
-        let event = portcullis_format::event::Event {
-            log: signer(1).name().into(),
-            seq: size,
-            prev,
-            ts: portcullis_format::time::Timestamp::now(),
-            draft: draft(2),
-        };
-        let entry = event.sign(&[&signer(1)]).unwrap();
-        let leaf = portcullis_format::merkle::leaf_hash(&entry);
-        other.pass_turn(size, &Passed { before: prev, leaves: vec![leaf], last: entry.clone() }).unwrap();
         // Queued on the head row first, so it commits first.
-        let batch = AppendBatch {
-            expected_size: size,
-            prev: Some(prev),
-            entries: vec![entry],
-            nodes: vec![(0, size, leaf)],
-            key_changes: Vec::new(),
-            ids: vec![event.draft.id.0],
-        };
-        other.append(&batch)
+        other.append(&pass_a_signed_entry(other.as_ref(), size))
     });
     waiting_for_locks(&backend.url(), 1).await;
     let decided = {
@@ -656,4 +618,32 @@ async fn waiting_for_locks(url: &str, n: i64) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("fewer than {n} sessions came to wait for a lock");
+}
+
+/// Takes the writers' turn on `store` (whose ledger holds `size` entries,
+/// signed by `signer(1)`), passes one entry signed on top of them, and returns
+/// it as the batch that would commit it.
+fn pass_a_signed_entry(store: &dyn Store, size: u64) -> AppendBatch {
+    // A ledger holding the turn gives it up once its writer is idle.
+    while store.take_turn(size).unwrap().is_none() {}
+    let last = store.entries(size - 1, 1).unwrap().pop().unwrap();
+    let prev = portcullis_format::merkle::leaf_hash(&last);
+    let event = portcullis_format::event::Event {
+        log: signer(1).name().into(),
+        seq: size,
+        prev,
+        ts: portcullis_format::time::Timestamp::now(),
+        draft: draft(2),
+    };
+    let entry = event.sign(&[&signer(1)]).unwrap();
+    let leaf = portcullis_format::merkle::leaf_hash(&entry);
+    store.pass_turn(size, &Passed { before: prev, leaves: vec![leaf], last: entry.clone() }).unwrap();
+    AppendBatch {
+        expected_size: size,
+        prev: Some(prev),
+        entries: vec![entry],
+        nodes: vec![(0, size, leaf)],
+        key_changes: Vec::new(),
+        ids: vec![event.draft.id.0],
+    }
 }
