@@ -487,13 +487,21 @@ fn postgres_passes_the_turn_with_the_entries_in_flight() {
     let turn = b.take_turn(0).unwrap().expect("the passed turn is taken");
     assert_eq!(entry_texts_of(&turn.committed), ["entry 0", "entry 1"]);
     assert_eq!(turn.passed, passed);
-    // `b` signs on top; its append waits for the passed entries to commit.
+    // `b` signs on top; its append comes first, finds the passed entries not there
+    // yet, and waits for them (appends are held back until both are queued).
+    let hold = HeadRowHold::new(&backend.url());
     let waiting = {
         let b = Arc::clone(&b);
         std::thread::spawn(move || b.append(&batch(4, 1)))
     };
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    a.append(&in_flight).unwrap();
+    wait_for_lock_waiters(&backend.url(), 1);
+    let committing = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || a.append(&in_flight))
+    };
+    wait_for_lock_waiters(&backend.url(), 2);
+    hold.release();
+    committing.join().unwrap().unwrap();
     waiting.join().unwrap().unwrap();
     assert_eq!(b.size().unwrap(), 5);
 
@@ -564,31 +572,21 @@ async fn postgres_a_command_decided_before_passed_entries_that_commit_is_stale()
     let (ledger, thread) = open_ledger(backend.open());
     ledger.append(draft(1)).await.unwrap();
     let size = ledger.refresh_head().await.unwrap().size;
-    let url = backend.url();
-    let (holding, release) = std::sync::mpsc::channel::<()>();
-    let (held, wait_held) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
-        let mut tx = client.transaction().unwrap();
-        tx.query("SELECT size FROM ledger_head FOR UPDATE", &[]).unwrap();
-        held.send(()).unwrap();
-        release.recv().unwrap();
-        tx.commit().unwrap();
-    });
-    wait_held.recv().unwrap();
+    let hold = HeadRowHold::new(&backend.url());
     let other = backend.open();
     let committing = tokio::task::spawn_blocking(move || {
         // Queued on the head row first, so it commits first.
         other.append(&pass_a_signed_entry(other.as_ref(), size))
     });
-    waiting_for_locks(&backend.url(), 1).await;
+    let url = backend.url();
+    tokio::task::spawn_blocking(move || wait_for_lock_waiters(&url, 1)).await.unwrap();
     let decided = {
         let ledger = ledger.clone();
         tokio::spawn(async move { ledger.append_all_after(vec![draft(3)], size).await })
     };
-    waiting_for_locks(&backend.url(), 2).await;
-    holding.send(()).unwrap();
-    holder.join().unwrap();
+    let url = backend.url();
+    tokio::task::spawn_blocking(move || wait_for_lock_waiters(&url, 2)).await.unwrap();
+    tokio::task::spawn_blocking(move || hold.release()).await.unwrap();
     committing.await.unwrap().expect("the passed entry commits");
     match decided.await.unwrap() {
         Err(portcullis::ledger::AppendError::Stale { after }) => assert_eq!(after, size),
@@ -601,23 +599,46 @@ async fn postgres_a_command_decided_before_passed_entries_that_commit_is_stale()
 }
 
 /// Waits until `n` sessions of the database at `url` wait for a lock.
-async fn waiting_for_locks(url: &str, n: i64) {
+fn wait_for_lock_waiters(url: &str, n: i64) {
+    let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
     for _ in 0..1000 {
-        let url = url.to_string();
-        let waiting: i64 = tokio::task::spawn_blocking(move || {
-            let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
-            let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                       AND datname = current_database()";
-            client.query_one(sql, &[]).unwrap().get(0)
-        })
-        .await
-        .unwrap();
-        if waiting >= n {
+        if client.query_one(sql, &[]).unwrap().get::<_, i64>(0) >= n {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("fewer than {n} sessions came to wait for a lock");
+}
+
+/// A transaction holding the lock of the ledger's head row, which every
+/// append takes: appends queue behind it, in order, until it is released.
+struct HeadRowHold {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl HeadRowHold {
+    fn new(url: &str) -> HeadRowHold {
+        let url = url.to_string();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, is_held) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+            let mut tx = client.transaction().unwrap();
+            tx.query("SELECT size FROM ledger_head FOR UPDATE", &[]).unwrap();
+            held.send(()).unwrap();
+            let _ = released.recv();
+            tx.commit().unwrap();
+        });
+        is_held.recv().unwrap();
+        HeadRowHold { release, thread }
+    }
+
+    fn release(self) {
+        self.release.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
 }
 
 /// Takes the writers' turn on `store` (whose ledger holds `size` entries,
