@@ -540,37 +540,29 @@ impl PostgresStore {
                 let mut next = known;
                 let mut passing = false;
                 for row in &rows {
-                    let (seq, part): (i64, &str) = (row.get(0), row.get(2));
-                    let bytes: Vec<u8> = row.get(1);
+                    let (seq, bytes, part): (i64, Vec<u8>, &str) = (row.get(0), row.get(1), row.get(2));
+                    let leaf = || Hash::try_from(bytes.as_slice()).ok();
+                    // Rows out of order (a gap) are left to the caller's reads, which name
+                    // the missing entry; passed rows then count for nothing.
                     let in_order = match part {
-                        "entry" => seq == next && !passing,
-                        "before" => seq == next && !passing,
-                        "leaf" => seq == next && passing,
-                        _ => seq == next - 1 && !turn.passed.leaves.is_empty(),
+                        "entry" if seq == next && !passing => {
+                            turn.committed.push(bytes);
+                            true
+                        }
+                        "before" if seq == next && !passing => leaf().map(|l| turn.passed.before = l).is_some(),
+                        "leaf" if seq == next && passing => leaf().map(|l| turn.passed.leaves.push(l)).is_some(),
+                        "last" if seq == next - 1 && !turn.passed.leaves.is_empty() => {
+                            turn.passed.last = bytes;
+                            true
+                        }
+                        _ => false,
                     };
                     if !in_order {
-                        // A gap: leave it to the caller's reads, which name the missing entry.
                         turn.passed = Passed::default();
                         break;
                     }
-                    let hash = || Hash::try_from(bytes.as_slice());
-                    match part {
-                        "entry" => turn.committed.push(bytes),
-                        "last" => turn.passed.last = bytes,
-                        _ => match hash() {
-                            Ok(leaf) if part == "leaf" => turn.passed.leaves.push(leaf),
-                            Ok(leaf) => {
-                                turn.passed.before = leaf;
-                                passing = true;
-                                continue;
-                            }
-                            Err(_) => {
-                                turn.passed = Passed::default();
-                                break;
-                            }
-                        },
-                    }
-                    next = seq + 1;
+                    passing |= part == "before";
+                    next += i64::from(matches!(part, "entry" | "leaf"));
                 }
                 if turn.passed.last.is_empty() {
                     turn.passed.leaves.clear();
