@@ -712,8 +712,9 @@ impl Sequencer {
     /// the path from one commit to the next, as it is within one replica.
     /// A replica passes after every batch while another one is active;
     /// alone, it keeps the turn until another one waits for it (seen at an
-    /// append) or its writer falls idle. Turns are first come, first served
-    /// in the server, so they alternate under load.
+    /// append) or a round signs nothing (its writer fell idle, or every
+    /// request was refused). Turns are first come, first served in the
+    /// server, so they alternate under load.
     fn take_turn(&mut self, writer: &std::sync::mpsc::SyncSender<WriterMsg>) {
         if !self.store.shared() {
             return;

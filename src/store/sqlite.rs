@@ -114,8 +114,10 @@ impl Store for SqliteStore {
             return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
         }
         if let Some((index, prev)) = batch.prev_leaf() {
-            let stored: Option<Vec<u8>> =
-                tx.query_row("SELECT hash FROM nodes WHERE id = ?1", [node_id(0, index)], |r| r.get(0)).optional()?;
+            let stored: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT hash FROM nodes WHERE id = ?1")?
+                .query_row([node_id(0, index)], |r| r.get(0))
+                .optional()?;
             if stored.as_deref() != Some(prev.as_slice()) {
                 return Err(StoreError::AppendConflict { expected: batch.expected_size, actual });
             }
