@@ -349,8 +349,12 @@ async fn main() -> anyhow::Result<()> {
             }
             let events = arg(&args, "--events", 200_000u64)?;
             let writers = arg(&args, "--writers", 64u64)?;
+            let rounds = arg(&args, "--rounds", 3u64)?;
+            if !(1..=20).contains(&rounds) || writers < 2 {
+                bail!("--rounds must be 1 to 20 and --writers at least 2");
+            }
             out.push_str(&format!("Machine: {}\n\n", machine()));
-            postgres::bench(&url, events, writers, &mut out).await?;
+            postgres::bench(&url, events, writers, rounds, &mut out).await?;
         }
         Some("workflow") => {
             let events = arg(&args, "--events", 1_000_000u64)?;
@@ -396,7 +400,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | report [--events N] [--grants G] [--keep] | all [--events N]"
+                "usage: portcullis-bench gen --events N --out DIR | append [--events N] [--writers W] | verify --export DIR --key VKEY | postgres --url URL [--events N] [--writers W] [--rounds R] | workflow [--events N] [--grants G] | reconciler [--grants G] [--outage-secs S] | report [--events N] [--grants G] [--keep] | all [--events N]"
             );
             std::process::exit(2);
         }

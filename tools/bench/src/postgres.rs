@@ -60,71 +60,107 @@ fn open(url: &str, name: &str) -> anyhow::Result<(Ledger, portcullis::ledger::Se
     Ok(Ledger::open(Arc::new(store), SignerKey::from_seed(name, &[42u8; 32])?, LedgerConfig::default())?)
 }
 
-pub async fn bench(url: &str, events: u64, writers: u64, out: &mut String) -> anyhow::Result<()> {
+pub async fn bench(url: &str, events: u64, writers: u64, rounds: u64, out: &mut String) -> anyhow::Result<()> {
     let suffix = std::process::id();
-    let names = [format!("bench_raw_{suffix}"), format!("bench_one_{suffix}"), format!("bench_two_{suffix}")];
+    let mut names = vec![format!("bench_raw_{suffix}")];
+    for round in 0..rounds {
+        names.push(format!("bench_one_{suffix}_{round}"));
+        names.push(format!("bench_two_{suffix}_{round}"));
+    }
     for name in &names {
         admin(url, &format!("CREATE DATABASE {name}"))?;
     }
-    let result = run(url, &names, events, writers, out).await;
+    let result = run(url, &names, events, writers, rounds, out).await;
     for name in &names {
         let _ = admin(url, &format!("DROP DATABASE IF EXISTS {name}"));
     }
     result
 }
 
-async fn run(url: &str, names: &[String; 3], events: u64, writers: u64, out: &mut String) -> anyhow::Result<()> {
+/// One replica with all the writers: its rate and its latencies.
+async fn one_replica(url: &str, origin: &str, events: u64, writers: u64) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let (ledger, thread) = {
+        let (u, o) = (url.to_string(), origin.to_string());
+        tokio::task::spawn_blocking(move || open(&u, &o)).await??
+    };
+    let (elapsed, latencies) = append_load(&ledger, events, writers, 0).await?;
+    close(ledger, thread).await;
+    Ok((events as f64 / elapsed.as_secs_f64(), latencies))
+}
+
+/// Two replicas (two sequencers, two stores, one database), half the writers each.
+async fn two_replicas(url: &str, origin: &str, events: u64, writers: u64) -> anyhow::Result<f64> {
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let (u, o) = (url.to_string(), origin.to_string());
+        replicas.push(tokio::task::spawn_blocking(move || open(&u, &o)).await??);
+    }
+    let start = Instant::now();
+    let half = events / 2;
+    let (ra, rb) = tokio::join!(
+        append_load(&replicas[0].0, half, writers / 2, 1_000_000_000),
+        append_load(&replicas[1].0, half, writers / 2, 2_000_000_000)
+    );
+    let rate = (2 * half) as f64 / start.elapsed().as_secs_f64();
+    for (ledger, thread) in replicas {
+        close(ledger, thread).await;
+    }
+    ra?;
+    rb?;
+    Ok(rate)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+async fn run(
+    url: &str,
+    names: &[String],
+    events: u64,
+    writers: u64,
+    rounds: u64,
+    out: &mut String,
+) -> anyhow::Result<()> {
     let origin = "bench.portcullis.local/postgres";
     let raw_url = with_database(url, &names[0]);
     let baseline =
         tokio::task::spawn_blocking(move || baseline_single_row_commits(&raw_url, writers as usize, 5.0)).await??;
 
-    let one_url = with_database(url, &names[1]);
-    let (ledger, thread) = {
-        let u = one_url.clone();
-        tokio::task::spawn_blocking(move || open(&u, origin)).await??
-    };
-    let (elapsed, latencies) = append_load(&ledger, events, writers, 0).await?;
-    let one_rate = events as f64 / elapsed.as_secs_f64();
-    close(ledger, thread).await;
-
-    // Two replicas: two sequencers, two stores, one database; half the writers each.
-    let two_url = with_database(url, &names[2]);
-    let (a, a_thread) = {
-        let u = two_url.clone();
-        tokio::task::spawn_blocking(move || open(&u, origin)).await??
-    };
-    let (b, b_thread) = {
-        let u = two_url.clone();
-        tokio::task::spawn_blocking(move || open(&u, origin)).await??
-    };
-    let start = Instant::now();
-    let half = events / 2;
-    let (ra, rb) = tokio::join!(
-        append_load(&a, half, writers / 2, 1_000_000_000),
-        append_load(&b, half, writers / 2, 2_000_000_000)
-    );
-    let two = match (ra, rb) {
-        (Ok(_), Ok(_)) => Ok((2 * half) as f64 / start.elapsed().as_secs_f64()),
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    };
-    close(a, a_thread).await;
-    close(b, b_thread).await;
-
-    let two_row = match two {
-        Ok(two_rate) => format!("{two_rate:.0} events/s | one replica: {one_rate:.0}/s | {:.2}", two_rate / one_rate),
-        Err(e) => format!("failed: {e} | one replica: {one_rate:.0}/s | -"),
-    };
+    // One replica and two replicas alternate, each round on fresh databases: the
+    // server's rate drifts between runs by 10-20%, so each ratio compares neighbours.
+    let (mut ones, mut twos, mut latencies, mut rows) = (Vec::new(), Vec::new(), Vec::new(), String::new());
+    for round in 0..rounds as usize {
+        let (one, round_latencies) =
+            one_replica(&with_database(url, &names[1 + 2 * round]), origin, events, writers).await?;
+        let two = two_replicas(&with_database(url, &names[2 + 2 * round]), origin, events, writers).await?;
+        rows.push_str(&format!("| {} | {one:.0} events/s | {two:.0} events/s | {:.2} |\n", round + 1, two / one));
+        ones.push(one);
+        twos.push(two);
+        latencies.extend(round_latencies);
+    }
+    latencies.sort_unstable();
+    let ratios: Vec<f64> = ones.iter().zip(&twos).map(|(one, two)| two / one).collect();
+    let (one, two) = (median(&ones), median(&twos));
     out.push_str(&format!(
         "### PostgreSQL store ({events} events, {writers} concurrent writers, synchronous_commit as the server has it)\n\n\
          | figure | value | baseline in the same run | ratio |\n|---|---|---|---|\n\
-         | throughput, one replica | {one_rate:.0} events/s | raw single-row INSERT commits, {writers} connections: {baseline:.0}/s | {:.2} |\n\
-         | p50 / p99 append latency | {:.2} ms / {:.2} ms | | |\n\
-         | throughput, two replicas on one database ({} writers each) | {two_row} |\n\n",
-        one_rate / baseline,
+         | throughput, one replica (median of {rounds}) | {one:.0} events/s | raw single-row INSERT commits, {writers} connections: {baseline:.0}/s | {:.2} |\n\
+         | p50 / p99 append latency, one replica | {:.2} ms / {:.2} ms | | |\n\
+         | throughput, two replicas on one database, {} writers each (median of {rounds}) | {two:.0} events/s | one replica: {one:.0}/s | {:.2} (median of the rounds' ratios: {:.2}) |\n\n\
+         | round | one replica | two replicas | two / one |\n|---|---|---|---|\n{rows}\n",
+        one / baseline,
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
         writers / 2,
+        two / one,
+        median(&ratios),
     ));
     Ok(())
 }
