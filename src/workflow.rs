@@ -21,10 +21,10 @@ use portcullis_format::event::{Actor, ParsedEntry};
 use portcullis_format::time::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 /// The proposer recorded when the configured policy file differs from the policy in force.
 pub const CONFIG_PROPOSER: &str = "system:policy-file";
-use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
 /// How many times a command is decided again after another replica appended
 /// under it (see [`Workflow::execute`]).

@@ -13,7 +13,7 @@
 
 mod open;
 
-use crate::store::{AppendBatch, Passed, Store, StoreError};
+use crate::store::{AppendBatch, Passed, Store, StoreError, lock};
 use portcullis_format::checkpoint::Checkpoint;
 use portcullis_format::event::{
     Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry,
@@ -513,7 +513,7 @@ impl Writer {
                     }
                     match self.store.append(&pending.batch) {
                         Ok(()) => {
-                            *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = pending.state.clone();
+                            *lock(&self.durable) = pending.state.clone();
                             publish(&self.head, &pending.state);
                             for waiting in pending.responders {
                                 let _ = waiting.respond.send(Ok(waiting.receipts));
@@ -754,7 +754,7 @@ impl Sequencer {
         }
         let committed_end = state.frontier.size();
         {
-            let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+            let mut durable = lock(&self.durable);
             if durable.frontier.size() == before {
                 // Nothing of this replica's is in flight: what was read is the durable state.
                 *durable = state.clone();
@@ -788,7 +788,7 @@ impl Sequencer {
 
     /// Whether the state rests on passed entries not yet known to be committed.
     fn rests_on_passed(&self) -> bool {
-        self.passed_end > self.durable.lock().unwrap_or_else(|e| e.into_inner()).frontier.size()
+        self.passed_end > lock(&self.durable).frontier.size()
     }
 
     /// Gives the writers' turn up, passing the entries this replica signed
@@ -798,7 +798,7 @@ impl Sequencer {
         if !self.store.shared() || !self.store.holds_turn() {
             return;
         }
-        let durable = self.durable.lock().unwrap_or_else(|e| e.into_inner()).frontier.size();
+        let durable = lock(&self.durable).frontier.size();
         let mut end = self.state.frontier.size();
         let mut tail = Vec::new();
         if self.synced() {
@@ -883,12 +883,12 @@ impl Sequencer {
             if self.resume_from_durable() || self.reload() {
                 self.seen_epoch = epoch;
             }
-        } else if self.durable.lock().unwrap_or_else(|e| e.into_inner()).frontier.size() != self.state.frontier.size() {
+        } else if lock(&self.durable).frontier.size() != self.state.frontier.size() {
             // The state holds entries this replica neither committed nor read
             // committed (passed with the turn): the durable state, plus what
             // the store now holds, is what a checkpoint or a rotation may rest on.
             if !self.resume_from_durable() {
-                self.state = self.durable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.state = lock(&self.durable).clone();
                 self.passed_end = 0;
             }
         }
@@ -899,14 +899,21 @@ impl Sequencer {
     /// (verified, see [`open::catch_up`]). Cheaper than a full reload, which
     /// is the fallback. Returns whether it succeeded.
     fn resume_from_durable(&mut self) -> bool {
-        let mut state = self.durable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let durable = lock(&self.durable).clone();
+        self.catch_up_from(durable)
+    }
+
+    /// Adds to `state` what the store holds after it (verified, see
+    /// [`open::catch_up`]) and makes the result the state, durable and
+    /// published. Returns whether it succeeded; on failure nothing changes.
+    fn catch_up_from(&mut self, mut state: State) -> bool {
         let before = state.frontier.size();
         match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
             Ok(()) => {
                 self.state = state;
                 self.passed_end = 0;
                 self.took_unsigned(before);
-                *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+                *lock(&self.durable) = self.state.clone();
                 self.publish_head();
                 true
             }
@@ -924,18 +931,8 @@ impl Sequencer {
         if !self.store.shared() || !self.synced() {
             return;
         }
-        let mut state = self.state.clone();
-        let before = state.frontier.size();
-        match open::catch_up(self.store.as_ref(), &self.signer, &mut state) {
-            Ok(()) => {
-                self.state = state;
-                self.passed_end = 0;
-                self.took_unsigned(before);
-                *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
-                self.publish_head();
-            }
-            Err(e) => tracing::warn!("catching up with the ledger store: {e}"),
-        }
+        let state = self.state.clone();
+        self.catch_up_from(state);
     }
 
     /// Records that the state grew from `before` entries by entries this
@@ -1063,7 +1060,7 @@ impl Sequencer {
                 self.passed_end = 0;
                 // Whose entries the store holds is unknown after a failure: all count as unsigned here.
                 self.foreign_end = self.state.frontier.size();
-                *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+                *lock(&self.durable) = self.state.clone();
                 self.publish_head();
                 true
             }
@@ -1117,7 +1114,7 @@ impl Sequencer {
             }
             Err(e) => return Err(e.into()),
         }
-        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+        *lock(&self.durable) = self.state.clone();
         self.publish_head();
         self.sign_checkpoint().map_err(|e| AppendError::Store(e.to_string()))?;
         Ok(())
@@ -1138,7 +1135,7 @@ impl Sequencer {
             return Err(e.into());
         }
         self.state = pending.state;
-        *self.durable.lock().unwrap_or_else(|e| e.into_inner()) = self.state.clone();
+        *lock(&self.durable) = self.state.clone();
         self.signer = new_key;
         self.publish_head();
         Ok(receipt)

@@ -4,7 +4,7 @@
 //! Writes go through one connection; reads use a second one, so the HTTP API
 //! reads while the sequencer writes (WAL readers never block the writer).
 
-use super::{AppendBatch, KeyRecord, Store, StoreError};
+use super::{AppendBatch, KeyRecord, Store, StoreError, lock};
 use portcullis_format::merkle::Hash;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::Path;
@@ -30,14 +30,10 @@ fn node_id(level: u8, index: u64) -> i64 {
 
 pub struct SqliteStore {
     path: std::path::PathBuf,
+    /// Locked with [`lock`]: a panic while holding one leaves the connection
+    /// usable, since SQLite rolls back an unfinished transaction when the next begins.
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
-}
-
-fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    // A panic while holding the lock leaves the connection usable: SQLite
-    // rolls back an unfinished transaction when the next one begins.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SqliteStore {
