@@ -31,3 +31,11 @@ pub mod serve;
 pub mod store;
 pub mod witness;
 pub mod workflow;
+
+/// A mutex's guard, also after a panic of another holder: what the crate
+/// keeps behind a mutex (a store's connection or cache, the ledger's durable
+/// state, a cluster's status, the API's caches) is valid at every step, being
+/// replaced or changed whole.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -38,7 +38,7 @@ pub struct IdempotencyCache {
 
 impl IdempotencyCache {
     fn get(&self, key: &[u8; 32]) -> Option<Response> {
-        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let answers = crate::lock(&self.answers);
         let (at, status, content_type, body) = answers.by_key.get(key)?;
         if at.elapsed() > KEEP {
             return None;
@@ -52,7 +52,7 @@ impl IdempotencyCache {
     }
 
     fn put(&self, key: [u8; 32], status: StatusCode, content_type: Option<HeaderValue>, body: axum::body::Bytes) {
-        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut answers = crate::lock(&self.answers);
         let answers = &mut *answers;
         if answers.by_key.insert(key, (Instant::now(), status, content_type, body)).is_none() {
             answers.order.push_back(key);

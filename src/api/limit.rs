@@ -30,7 +30,7 @@ impl RateLimiter {
     /// Takes one token for `subject`; `Err(seconds)` until the next token when empty.
     pub fn admit(&self, subject: &str) -> Result<(), u64> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = crate::lock(&self.buckets);
         let (tokens, last) = buckets.entry(subject.to_string()).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
         *last = now;

@@ -13,7 +13,8 @@
 
 mod open;
 
-use crate::store::{AppendBatch, Passed, Store, StoreError, lock};
+use crate::lock;
+use crate::store::{AppendBatch, Passed, Store, StoreError};
 use portcullis_format::checkpoint::Checkpoint;
 use portcullis_format::event::{
     Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry,

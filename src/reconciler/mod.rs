@@ -201,12 +201,7 @@ impl Reconciler {
 
     /// The configured clusters' names with their status.
     pub fn status(&self) -> Vec<(String, Status)> {
-        self.clusters
-            .iter()
-            .map(|c| {
-                (c.config.name.clone(), c.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
-            })
-            .collect()
+        self.clusters.iter().map(|c| (c.config.name.clone(), crate::lock(&c.status).clone())).collect()
     }
 
     /// The standing access last found in `cluster`, or None for an unknown cluster.
@@ -260,7 +255,7 @@ impl Reconciler {
     /// ends every task.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
-        let leases = std::mem::take(&mut *self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let leases = std::mem::take(&mut *crate::lock(&self.leases));
         for lease in leases {
             let _ = tokio::time::timeout(Duration::from_secs(5), lease).await;
         }
@@ -268,7 +263,7 @@ impl Reconciler {
         while self.clusters.iter().any(|c| c.outbox_len() > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for task in self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+        for task in crate::lock(&self.tasks).drain(..) {
             task.abort();
         }
     }

@@ -26,6 +26,7 @@ use super::standing::{self, RbacObjects};
 use crate::domain::state::State;
 use crate::domain::types::Kind;
 use crate::ledger::AppendError;
+use crate::lock;
 use crate::workflow::{Workflow, random_seed};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -145,10 +146,6 @@ fn is_not_found(e: &kube::Error) -> bool {
 
 fn now() -> Timestamp {
     Timestamp::now()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Cluster {

@@ -220,12 +220,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(url))?))
 }
 
-/// A mutex's guard, also after a panic of another holder: what the crate
-/// keeps behind one (a store's connection or cache, the ledger's durable
-/// state) is valid at every step, being replaced whole.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::lock;
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
