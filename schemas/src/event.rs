@@ -178,12 +178,7 @@ impl Event {
 
     /// The note text: header line and canonical JSON line.
     pub fn text(&self) -> String {
-        let mut text = String::with_capacity(512);
-        text.push_str(EVENT_HEADER);
-        text.push('\n');
-        self.to_json().write_canonical(&mut text);
-        text.push('\n');
-        text
+        PreparedEvent::write(&self.draft, &self.log).text(self.seq, &self.prev, self.ts)
     }
 
     /// Checks the fields, signs the text with `signers` (the log key, and for a
@@ -193,13 +188,7 @@ impl Event {
     /// [`EntryError`] when a field breaks the format's rules or the entry is too large.
     pub fn sign(&self, signers: &[&SignerKey]) -> Result<Vec<u8>, EntryError> {
         self.validate()?;
-        let text = self.text();
-        let signatures: Vec<NoteSignature> = signers.iter().map(|s| s.sign(text.as_bytes())).collect();
-        let entry = note::assemble(&text, &signatures).into_bytes();
-        if entry.len() > MAX_ENTRY_SIZE {
-            return Err(EntryError::TooLarge(entry.len()));
-        }
-        Ok(entry)
+        PreparedEvent::write(&self.draft, &self.log).sign(self.seq, &self.prev, self.ts, signers)
     }
 
     /// Checks every field against the format's rules.
@@ -214,39 +203,137 @@ impl Event {
 
     /// The field rules, without walking `data` (which parsed JSON already satisfies).
     fn validate_fields(&self) -> Result<(), EntryError> {
-        if !note::valid_key_name(&self.log) || self.log.len() > 255 {
+        check_seq(self.seq)?;
+        self.draft.validate_fields(&self.log)
+    }
+}
+
+fn check_seq(seq: u64) -> Result<(), EntryError> {
+    if seq > crate::json::MAX_SAFE_INTEGER as u64 {
+        return Err(field_err("seq", "must be below 2^53"));
+    }
+    Ok(())
+}
+
+impl EventDraft {
+    /// Checks the draft as an event of `log` (every rule but `seq`'s) and
+    /// writes its part of the text, so that what is left for the sequencer
+    /// is the three fields only it assigns and the signature.
+    ///
+    /// # Errors
+    /// [`EntryError::Field`] naming the first bad field.
+    pub fn prepare(&self, log: &str) -> Result<PreparedEvent, EntryError> {
+        self.validate_fields(log)?;
+        self.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))?;
+        Ok(PreparedEvent::write(self, log))
+    }
+
+    /// The field rules of an event of `log`, but for `seq` and without walking `data`.
+    fn validate_fields(&self, log: &str) -> Result<(), EntryError> {
+        if !note::valid_key_name(log) || log.len() > 255 {
             return Err(field_err("log", "must be 1 to 255 bytes without spaces or '+'"));
         }
-        if self.seq > crate::json::MAX_SAFE_INTEGER as u64 {
-            return Err(field_err("seq", "must be below 2^53"));
-        }
-        if !valid_kind(&self.draft.kind) {
+        if !valid_kind(&self.kind) {
             return Err(field_err("kind", "must be dot-separated lowercase words, at most 64 bytes"));
         }
-        if self.draft.v == 0 || self.draft.v > 65_535 {
+        if self.v == 0 || self.v > 65_535 {
             return Err(field_err("v", "must be 1 to 65535"));
         }
-        check_label("actor.sub", &self.draft.actor.sub, 256)?;
-        if self.draft.actor.groups.len() > 256 {
+        check_label("actor.sub", &self.actor.sub, 256)?;
+        if self.actor.groups.len() > 256 {
             return Err(field_err("actor.groups", "at most 256 groups"));
         }
-        for group in &self.draft.actor.groups {
+        for group in &self.actor.groups {
             check_label("actor.groups", group, 256)?;
         }
-        let via = &self.draft.actor.via;
+        let via = &self.actor.via;
         if via.is_empty()
             || via.len() > 32
             || !via.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(field_err("actor.via", "must be 1 to 32 lowercase letters, digits or '-'"));
         }
-        if !matches!(self.draft.data, Json::Obj(_)) {
+        if !matches!(self.data, Json::Obj(_)) {
             return Err(field_err("data", "must be an object"));
         }
-        if self.draft.kind == KIND_KEY_ROTATED {
-            rotation_key(&self.draft.data, &self.log)?;
+        if self.kind == KIND_KEY_ROTATED {
+            rotation_key(&self.data, log)?;
         }
         Ok(())
+    }
+}
+
+/// A draft checked and written out as an event of one log ([`EventDraft::prepare`]),
+/// all but `prev`, `seq` and `ts`. The canonical order of the event's keys
+/// ([`EVENT_FIELDS`]) puts those three between `log` and `v`, so the text is
+/// `head`, then them, then `tail`: the same bytes as [`Event::text`], which is
+/// written this way too. Callers prepare their drafts before they queue for
+/// the sequencer, which then has only the chain and the signature left to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedEvent {
+    id: EventId,
+    log: String,
+    /// The header line, and the JSON line from `{` to the comma after `log`'s value.
+    head: String,
+    /// From the comma before `"v"` to the end of the text (its newline).
+    tail: String,
+}
+
+impl PreparedEvent {
+    /// Writes the draft's part of the text, without checking it.
+    fn write(draft: &EventDraft, log: &str) -> PreparedEvent {
+        let mut head = String::with_capacity(512);
+        head.push_str(EVENT_HEADER);
+        head.push_str("\n{\"actor\":");
+        draft.actor.to_json().write_canonical(&mut head);
+        head.push_str(",\"data\":");
+        draft.data.write_canonical(&mut head);
+        head.push_str(",\"id\":");
+        Json::Str(draft.id.to_string()).write_canonical(&mut head);
+        head.push_str(",\"kind\":");
+        Json::Str(draft.kind.clone()).write_canonical(&mut head);
+        head.push_str(",\"log\":");
+        Json::Str(log.to_string()).write_canonical(&mut head);
+        head.push(',');
+        let tail = format!(",\"v\":{}}}\n", draft.v);
+        PreparedEvent { id: draft.id, log: log.to_string(), head, tail }
+    }
+
+    /// The draft's id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The log it was prepared for.
+    pub fn log(&self) -> &str {
+        &self.log
+    }
+
+    /// The note text of the event at `seq` after the leaf `prev`, at `ts`.
+    pub fn text(&self, seq: u64, prev: &Hash, ts: Timestamp) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(self.head.len() + 120 + self.tail.len());
+        text.push_str(&self.head);
+        // Base64 and the timestamp's RFC 3339 form need no escaping.
+        let _ = write!(text, "\"prev\":\"{}\",\"seq\":{seq},\"ts\":\"{ts}\"", B64.encode(prev));
+        text.push_str(&self.tail);
+        text
+    }
+
+    /// Signs the event at `seq` after `prev`, at `ts`, with `signers` (the
+    /// log key, and for a key rotation also the new key) and returns the entry bytes.
+    ///
+    /// # Errors
+    /// [`EntryError`] when `seq` is out of range or the entry is too large.
+    pub fn sign(&self, seq: u64, prev: &Hash, ts: Timestamp, signers: &[&SignerKey]) -> Result<Vec<u8>, EntryError> {
+        check_seq(seq)?;
+        let text = self.text(seq, prev, ts);
+        let signatures: Vec<NoteSignature> = signers.iter().map(|s| s.sign(text.as_bytes())).collect();
+        let entry = note::assemble(&text, &signatures).into_bytes();
+        if entry.len() > MAX_ENTRY_SIZE {
+            return Err(EntryError::TooLarge(entry.len()));
+        }
+        Ok(entry)
     }
 }
 
@@ -412,6 +499,66 @@ mod tests {
         let parsed = ParsedEntry::parse(&entry).unwrap();
         assert_eq!(parsed.event, event);
         assert!(signer.verifier().verify(&entry[..parsed.text_len], &parsed.signatures[0]));
+    }
+
+    /// The text as the canonical writer gives it for the whole event object,
+    /// the path [`PreparedEvent`] must match byte for byte.
+    fn canonical_text(event: &Event) -> String {
+        let mut text = format!("{EVENT_HEADER}\n");
+        event.to_json().write_canonical(&mut text);
+        text.push('\n');
+        text
+    }
+
+    #[test]
+    fn prepared_text_is_the_canonical_text() {
+        let signer = SignerKey::from_seed("portcullis.example/ledger", &[3u8; 32]).unwrap();
+        let mut event = sample(&signer);
+        assert_eq!(event.text(), canonical_text(&event));
+        // Keys that sort differently in UTF-16 than in UTF-8, escapes, nesting, empty and odd values.
+        event.draft.data = Json::parse(
+            "{\"\u{e9}\":1,\"\u{1f600}\":\"\\u0001\\\"\\\\\",\"\u{ff61}\":[true,null,{\"b\":{},\"a\":[]}],\"Z\":-9007199254740991}"
+                .as_bytes(),
+        )
+        .unwrap();
+        event.draft.actor = Actor { sub: "bob \"the\" builder\u{2028}".into(), groups: vec![], via: "oidc".into() };
+        event.draft.v = 65_535;
+        event.seq = crate::json::MAX_SAFE_INTEGER as u64;
+        event.prev = [0xff; 32];
+        event.ts = Timestamp::parse("1999-12-31T23:59:59.999999Z").unwrap();
+        assert_eq!(event.text(), canonical_text(&event));
+        let prepared = event.draft.prepare(&event.log).unwrap();
+        assert_eq!(prepared.text(event.seq, &event.prev, event.ts), canonical_text(&event));
+        assert_eq!(prepared.id(), event.draft.id);
+        assert_eq!(prepared.sign(event.seq, &event.prev, event.ts, &[&signer]), event.sign(&[&signer]));
+    }
+
+    #[test]
+    fn prepare_refuses_what_validate_refuses() {
+        let signer = SignerKey::from_seed("portcullis.example/ledger", &[3u8; 32]).unwrap();
+        let good = sample(&signer);
+        let mut cases = Vec::new();
+        for change in 0..5 {
+            let mut event = good.clone();
+            match change {
+                0 => event.draft.kind = "Request Created".into(),
+                1 => event.draft.v = 0,
+                2 => event.draft.actor.via = String::new(),
+                3 => event.draft.data = Json::Arr(Vec::new()),
+                _ => event.log = "two words".into(),
+            }
+            cases.push(event);
+        }
+        for event in cases {
+            let refused = event.validate().unwrap_err();
+            assert_eq!(event.draft.prepare(&event.log), Err(refused));
+        }
+        let prepared = good.draft.prepare(&good.log).unwrap();
+        let too_far = crate::json::MAX_SAFE_INTEGER as u64 + 1;
+        assert!(matches!(
+            prepared.sign(too_far, &good.prev, good.ts, &[&signer]),
+            Err(EntryError::Field { field: "seq", .. })
+        ));
     }
 
     #[test]

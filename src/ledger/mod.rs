@@ -17,7 +17,7 @@ use crate::lock;
 use crate::store::{AppendBatch, Passed, Store, StoreError};
 use portcullis_format::checkpoint::Checkpoint;
 use portcullis_format::event::{
-    Actor, EntryError, Event, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry,
+    Actor, EntryError, EventDraft, EventId, KIND_KEY_ROTATED, KIND_LEDGER_CREATED, ParsedEntry, PreparedEvent,
 };
 use portcullis_format::json::Json;
 use portcullis_format::merkle::{Frontier, Hash, leaf_hash};
@@ -104,7 +104,8 @@ pub enum LedgerError {
 
 enum Request {
     Append {
-        drafts: Vec<EventDraft>,
+        /// Checked and written out by the caller ([`EventDraft::prepare`]).
+        events: Vec<PreparedEvent>,
         /// Append only if no other writer of the store appended at or after this size.
         after: Option<u64>,
         respond: Responder,
@@ -229,9 +230,7 @@ impl Ledger {
     /// # Errors
     /// As [`Ledger::append`].
     pub async fn append_all(&self, drafts: Vec<EventDraft>) -> Result<Vec<Receipt>, AppendError> {
-        let (respond, receive) = oneshot::channel();
-        self.requests.send(Request::Append { drafts, after: None, respond }).await.map_err(|_| AppendError::Closed)?;
-        receive.await.map_err(|_| AppendError::Closed)?
+        self.send_append(drafts, None).await
     }
 
     /// Appends events as [`Ledger::append_all`] does, but only if no other
@@ -246,9 +245,16 @@ impl Ledger {
     /// [`AppendError::Stale`] when another writer did (nothing is appended:
     /// decide again on the new state), else as [`Ledger::append`].
     pub async fn append_all_after(&self, drafts: Vec<EventDraft>, size: u64) -> Result<Vec<Receipt>, AppendError> {
+        self.send_append(drafts, Some(size)).await
+    }
+
+    /// Checks and writes out the drafts here, on the caller's task, so the
+    /// sequencer (one thread for the whole ledger, and with several replicas
+    /// the one that holds the writers' turn) has only to chain and sign them.
+    async fn send_append(&self, drafts: Vec<EventDraft>, after: Option<u64>) -> Result<Vec<Receipt>, AppendError> {
+        let events = drafts.iter().map(|d| d.prepare(&self.origin)).collect::<Result<Vec<_>, _>>()?;
         let (respond, receive) = oneshot::channel();
-        let request = Request::Append { drafts, after: Some(size), respond };
-        self.requests.send(request).await.map_err(|_| AppendError::Closed)?;
+        self.requests.send(Request::Append { events, after, respond }).await.map_err(|_| AppendError::Closed)?;
         receive.await.map_err(|_| AppendError::Closed)?
     }
 
@@ -623,8 +629,8 @@ impl Sequencer {
             while events < self.config.max_batch {
                 match rx.try_recv() {
                     Ok(request) => {
-                        if let Request::Append { drafts, .. } = &request {
-                            events += drafts.len();
+                        if let Request::Append { events: prepared, .. } = &request {
+                            events += prepared.len();
                         }
                         requests.push(request);
                     }
@@ -645,8 +651,8 @@ impl Sequencer {
             self.resign_returned(&mut pending);
             for request in requests {
                 match request {
-                    Request::Append { drafts, after, respond } => {
-                        self.sign_into(&mut pending, drafts, after, respond, 1);
+                    Request::Append { events, after, respond } => {
+                        self.sign_into(&mut pending, events, after, respond, 1);
                     }
                     Request::Wake | Request::Idle => {}
                     Request::Checkpoint { respond } => {
@@ -956,16 +962,16 @@ impl Sequencer {
                     )));
                     continue;
                 }
-                let drafts: Result<Vec<EventDraft>, _> = waiting
+                let events: Result<Vec<PreparedEvent>, _> = waiting
                     .receipts
                     .iter()
                     .map(|r| {
                         let entry = &returned.batch.entries[(r.seq - expected) as usize];
-                        ParsedEntry::parse(entry).map(|p| p.event.draft)
+                        ParsedEntry::parse(entry).and_then(|p| p.event.draft.prepare(self.signer.name()))
                     })
                     .collect();
-                match drafts {
-                    Ok(drafts) => self.sign_into(pending, drafts, waiting.after, waiting.respond, waiting.attempts + 1),
+                match events {
+                    Ok(events) => self.sign_into(pending, events, waiting.after, waiting.respond, waiting.attempts + 1),
                     Err(e) => {
                         let _ = waiting.respond.send(Err(AppendError::Rejected(e)));
                     }
@@ -983,7 +989,7 @@ impl Sequencer {
     fn sign_into(
         &self,
         pending: &mut Pending,
-        drafts: Vec<EventDraft>,
+        events: Vec<PreparedEvent>,
         after: Option<u64>,
         respond: Responder,
         attempts: u32,
@@ -1000,19 +1006,19 @@ impl Sequencer {
         // Ids must be unique in the ledger: the store refuses a stored one; here the
         // batch and the batches still on their way to the store are checked, so a
         // duplicate is rejected alone instead of failing its whole batch.
-        for (i, draft) in drafts.iter().enumerate() {
-            let id = draft.id.0;
-            let repeated = drafts[..i].iter().any(|d| d.id.0 == id);
+        for (i, event) in events.iter().enumerate() {
+            let id = event.id().0;
+            let repeated = events[..i].iter().any(|e| e.id().0 == id);
             if repeated || pending.ids.contains(&id) || self.in_flight.iter().any(|b| b.ids.contains(&id)) {
-                let reason = format!("event id {} is already used by another event", draft.id);
+                let reason = format!("event id {} is already used by another event", event.id());
                 let _ = respond.send(Err(AppendError::Rejected(EntryError::Field { field: "id", reason })));
                 return;
             }
         }
         let saved = (pending.state.clone(), pending.batch.entries.len(), pending.batch.nodes.len());
-        let mut receipts = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            match self.sign_one(pending, draft, &[&self.signer]) {
+        let mut receipts = Vec::with_capacity(events.len());
+        for event in &events {
+            match self.sign_one(pending, event, &[&self.signer]) {
                 Ok(receipt) => receipts.push(receipt),
                 Err(e) => {
                     pending.state = saved.0;
@@ -1030,23 +1036,26 @@ impl Sequencer {
     fn sign_one(
         &self,
         pending: &mut Pending,
-        draft: EventDraft,
+        event: &PreparedEvent,
         signers: &[&SignerKey],
     ) -> Result<Receipt, EntryError> {
+        if event.log() != self.signer.name() {
+            let reason = format!("prepared for the log {:?}, not {:?}", event.log(), self.signer.name());
+            return Err(EntryError::Field { field: "log", reason });
+        }
         let state = &mut pending.state;
         let ts = Timestamp::now().max(state.last_ts);
-        let event =
-            Event { log: self.signer.name().to_string(), seq: state.frontier.size(), prev: state.prev, ts, draft };
-        let entry = event.sign(signers)?;
+        let seq = state.frontier.size();
+        let entry = event.sign(seq, &state.prev, ts, signers)?;
         let leaf = leaf_hash(&entry);
         let nodes = &mut pending.batch.nodes;
         state.frontier.push(leaf, |level, index, hash| nodes.push((level, index, *hash)));
         state.prev = leaf;
         state.last_ts = ts;
         pending.batch.entries.push(entry);
-        pending.batch.ids.push(event.draft.id.0);
-        pending.ids.insert(event.draft.id.0);
-        Ok(Receipt { seq: event.seq, id: event.draft.id, leaf_hash: leaf, ts })
+        pending.batch.ids.push(event.id().0);
+        pending.ids.insert(event.id().0);
+        Ok(Receipt { seq, id: event.id(), leaf_hash: leaf, ts })
     }
 
     fn publish_head(&self) {
@@ -1091,9 +1100,9 @@ impl Sequencer {
         Ok((size, note))
     }
 
-    fn system_draft(kind: &str, data: Json, actor: Actor) -> Result<EventDraft, AppendError> {
+    fn system_event(&self, kind: &str, data: Json, actor: Actor) -> Result<PreparedEvent, AppendError> {
         let id = EventId::random().map_err(|e| AppendError::Store(format!("no system randomness: {e}")))?;
-        Ok(EventDraft { id, kind: kind.to_string(), v: 1, actor, data })
+        Ok(EventDraft { id, kind: kind.to_string(), v: 1, actor, data }.prepare(self.signer.name())?)
     }
 
     fn create_ledger(&mut self) -> Result<(), AppendError> {
@@ -1102,9 +1111,9 @@ impl Sequencer {
             ("format".into(), Json::Str(portcullis_format::event::EVENT_HEADER.into())),
             ("key".into(), Json::Str(vkey.clone())),
         ]);
-        let draft = Self::system_draft(KIND_LEDGER_CREATED, data, Actor::system())?;
+        let event = self.system_event(KIND_LEDGER_CREATED, data, Actor::system())?;
         let mut pending = self.start_batch();
-        self.sign_one(&mut pending, draft, &[&self.signer])?;
+        self.sign_one(&mut pending, &event, &[&self.signer])?;
         pending.batch.key_changes.push((0, vkey));
         match self.store.append(&pending.batch) {
             Ok(()) => self.state = pending.state,
@@ -1126,10 +1135,10 @@ impl Sequencer {
             return Err(AppendError::Store(LedgerError::Unsynced.to_string()));
         }
         let vkey = new_key.verifier().to_string();
-        let draft =
-            Self::system_draft(KIND_KEY_ROTATED, Json::Obj(vec![("new_key".into(), Json::Str(vkey.clone()))]), actor)?;
+        let data = Json::Obj(vec![("new_key".into(), Json::Str(vkey.clone()))]);
+        let event = self.system_event(KIND_KEY_ROTATED, data, actor)?;
         let mut pending = self.start_batch();
-        let receipt = self.sign_one(&mut pending, draft, &[&self.signer, &new_key])?;
+        let receipt = self.sign_one(&mut pending, &event, &[&self.signer, &new_key])?;
         pending.batch.key_changes.push((receipt.seq + 1, vkey));
         if let Err(e) = self.store.append(&pending.batch) {
             self.reload();
