@@ -55,6 +55,40 @@ fn baseline_single_row_commits(url: &str, clients: usize, secs: f64) -> anyhow::
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The machine's CPU time so far, busy and in all (`/proc/stat`, in clock
+/// ticks); `None` where there is no `/proc/stat`.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    // idle and iowait
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
+}
+
+/// What a phase of the benchmark cost the whole machine (the server, the
+/// replicas and the load together): the share of its CPUs that were busy,
+/// and the CPU time per event.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    busy: f64,
+    us_per_event: f64,
+}
+
+impl Cpu {
+    fn between(start: Option<(u64, u64)>, end: Option<(u64, u64)>, events: u64) -> Cpu {
+        let (Some((busy0, total0)), Some((busy1, total1))) = (start, end) else { return Cpu::default() };
+        // SAFETY: sysconf only reads a configuration value.
+        let tick = 1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let (busy, total) = ((busy1 - busy0) as f64, (total1 - total0).max(1) as f64);
+        Cpu { busy: busy / total, us_per_event: busy * tick / events.max(1) as f64 }
+    }
+
+    fn show(self) -> String {
+        format!("{:.0}% busy, {:.1} µs/event", self.busy * 100.0, self.us_per_event)
+    }
+}
+
 fn open(url: &str, name: &str) -> anyhow::Result<(Ledger, portcullis::ledger::SequencerThread)> {
     let store = PostgresStore::open(url)?;
     Ok(Ledger::open(Arc::new(store), SignerKey::from_seed(name, &[42u8; 32])?, LedgerConfig::default())?)
@@ -78,36 +112,39 @@ pub async fn bench(url: &str, events: u64, writers: u64, rounds: u64, out: &mut 
 }
 
 /// One replica with all the writers: its rate and its latencies.
-async fn one_replica(url: &str, origin: &str, events: u64, writers: u64) -> anyhow::Result<(f64, Vec<Duration>)> {
+async fn one_replica(url: &str, origin: &str, events: u64, writers: u64) -> anyhow::Result<(f64, Cpu, Vec<Duration>)> {
     let (ledger, thread) = {
         let (u, o) = (url.to_string(), origin.to_string());
         tokio::task::spawn_blocking(move || open(&u, &o)).await??
     };
+    let before = cpu_ticks();
     let (elapsed, latencies) = append_load(&ledger, events, writers, 0).await?;
+    let cpu = Cpu::between(before, cpu_ticks(), events);
     close(ledger, thread).await;
-    Ok((events as f64 / elapsed.as_secs_f64(), latencies))
+    Ok((events as f64 / elapsed.as_secs_f64(), cpu, latencies))
 }
 
 /// Two replicas (two sequencers, two stores, one database), half the writers each.
-async fn two_replicas(url: &str, origin: &str, events: u64, writers: u64) -> anyhow::Result<f64> {
+async fn two_replicas(url: &str, origin: &str, events: u64, writers: u64) -> anyhow::Result<(f64, Cpu)> {
     let mut replicas = Vec::new();
     for _ in 0..2 {
         let (u, o) = (url.to_string(), origin.to_string());
         replicas.push(tokio::task::spawn_blocking(move || open(&u, &o)).await??);
     }
-    let start = Instant::now();
+    let (start, before) = (Instant::now(), cpu_ticks());
     let half = events / 2;
     let (ra, rb) = tokio::join!(
         append_load(&replicas[0].0, half, writers / 2, 1_000_000_000),
         append_load(&replicas[1].0, half, writers / 2, 2_000_000_000)
     );
     let rate = (2 * half) as f64 / start.elapsed().as_secs_f64();
+    let cpu = Cpu::between(before, cpu_ticks(), 2 * half);
     for (ledger, thread) in replicas {
         close(ledger, thread).await;
     }
     ra?;
     rb?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -137,10 +174,16 @@ async fn run(
     // server's rate drifts between runs by 10-20%, so each ratio compares neighbours.
     let (mut ones, mut twos, mut latencies, mut rows) = (Vec::new(), Vec::new(), Vec::new(), String::new());
     for round in 0..rounds as usize {
-        let (one, round_latencies) =
+        let (one, one_cpu, round_latencies) =
             one_replica(&with_database(url, &names[1 + 2 * round]), origin, events, writers).await?;
-        let two = two_replicas(&with_database(url, &names[2 + 2 * round]), origin, events, writers).await?;
-        rows.push_str(&format!("| {} | {one:.0} events/s | {two:.0} events/s | {:.2} |\n", round + 1, two / one));
+        let (two, two_cpu) = two_replicas(&with_database(url, &names[2 + 2 * round]), origin, events, writers).await?;
+        rows.push_str(&format!(
+            "| {} | {one:.0} events/s ({}) | {two:.0} events/s ({}) | {:.2} |\n",
+            round + 1,
+            one_cpu.show(),
+            two_cpu.show(),
+            two / one
+        ));
         ones.push(one);
         twos.push(two);
         latencies.extend(round_latencies);
@@ -154,7 +197,7 @@ async fn run(
          | throughput, one replica (median of {rounds}) | {one:.0} events/s | raw single-row INSERT commits, {writers} connections: {baseline:.0}/s | {:.2} |\n\
          | p50 / p99 append latency, one replica | {:.2} ms / {:.2} ms | | |\n\
          | throughput, two replicas on one database, {} writers each (median of {rounds}) | {two:.0} events/s | one replica: {one:.0}/s | {:.2} (median of the rounds' ratios: {:.2}) |\n\n\
-         | round | one replica | two replicas | two / one |\n|---|---|---|---|\n{rows}\n",
+         | round | one replica (the machine's CPU) | two replicas (the machine's CPU) | two / one |\n|---|---|---|---|\n{rows}\n",
         one / baseline,
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
