@@ -832,6 +832,8 @@ impl Sequencer {
             batch: AppendBatch {
                 expected_size: self.state.frontier.size(),
                 prev: Some(self.state.prev),
+                // While another replica is active the turn is passed after every batch.
+                watch_turn: !self.peer_active,
                 ..AppendBatch::default()
             },
             state: self.state.clone(),

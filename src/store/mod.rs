@@ -37,6 +37,11 @@ pub struct AppendBatch {
     pub key_changes: Vec<(u64, String)>,
     /// The event ids of `entries`; the store refuses an id it already holds.
     pub ids: Vec<[u8; 16]>,
+    /// Whether the append should also find out whether another writer waits
+    /// for the turn (see [`Store::turn_wanted`]). A writer that passes the
+    /// turn after every batch anyway need not ask: on PostgreSQL the answer
+    /// costs a scan of the server's lock table.
+    pub watch_turn: bool,
 }
 
 impl AppendBatch {
@@ -164,7 +169,8 @@ pub trait Store: Send + Sync {
         let _ = (from, in_flight);
         Ok(())
     }
-    /// Whether another writer waited for the turn at this writer's last append.
+    /// Whether another writer waited for the turn at this writer's last append
+    /// (`false` when that append did not ask, see [`AppendBatch::watch_turn`]).
     fn turn_wanted(&self) -> bool {
         false
     }

@@ -19,7 +19,8 @@
 //! # The writers' turn
 //! A session advisory lock on a connection of its own, taken before signing
 //! and passed with the entries in flight (schema version 3, `TURN_PASSING`), so the next
-//! replica signs while they commit.
+//! replica signs while they commit. An append looks for a replica waiting for
+//! the turn only when its batch asks ([`AppendBatch::watch_turn`], version 4).
 //!
 //! # Guarantees
 //! - An append returns `Ok` only after its commit was confirmed by the server
@@ -58,6 +59,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (2, APPEND_FUNCTIONS),
     (3, TURN_PASSING),
+    (4, WATCH_WHEN_ASKED),
 ];
 
 /// Version 2: an append in one statement (one round trip, committed on its
@@ -239,6 +241,59 @@ BEGIN
             WHERE passed_from + l.n - 1 >= start ORDER BY l.n;
         RETURN QUERY SELECT passed_end - 1, passed_last, 'last';
     END IF;
+END $$;
+";
+
+/// Version 4: `portcullis_append(11 arguments)` is version 3's with one
+/// more, `watch_turn`: it looks for a session waiting for the turn (a scan
+/// of `pg_locks`, ~50 µs on an idle server) only when asked, and before it
+/// locks the head row, so the scan is no longer inside the section that
+/// every replica's commit waits for. Version 3's function stays for replicas
+/// of the previous release.
+const WATCH_WHEN_ASKED: &str = "
+CREATE FUNCTION portcullis_append(expected BIGINT, prev BYTEA, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
+                                  node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
+                                  turn_class INT, turn_object INT, watch_turn BOOLEAN)
+RETURNS TABLE (appended BOOLEAN, head_size BIGINT, turn_wanted BOOLEAN) LANGUAGE plpgsql AS $$
+DECLARE
+    current BIGINT;
+    inserted BIGINT;
+    dup BYTEA;
+    wanted BOOLEAN := FALSE;
+BEGIN
+    IF watch_turn THEN
+        wanted := EXISTS (
+            SELECT 1 FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2
+              AND l.classid = turn_class::oid AND l.objid = turn_object::oid
+              AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
+    END IF;
+    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
+    IF current <> expected OR (expected > 0 AND prev IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM ledger_nodes n WHERE n.id = expected - 1 AND n.hash = prev)) THEN
+        RETURN QUERY SELECT FALSE, current, FALSE;
+        RETURN;
+    END IF;
+    INSERT INTO ledger_event_ids (id, seq)
+        SELECT i.id, expected + i.n - 1 FROM unnest(ids) WITH ORDINALITY AS i(id, n)
+        ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    IF inserted <> coalesce(cardinality(ids), 0) THEN
+        SELECT e.id INTO dup FROM ledger_event_ids e WHERE e.id = ANY(ids) AND e.seq < expected LIMIT 1;
+        IF dup IS NULL THEN
+            SELECT r.x INTO dup FROM unnest(ids) AS r(x) GROUP BY r.x HAVING count(*) > 1 LIMIT 1;
+        END IF;
+        RAISE EXCEPTION 'event id % is already in the ledger', encode(dup, 'hex')
+            USING ERRCODE = 'PCDUP', DETAIL = encode(dup, 'hex');
+    END IF;
+    INSERT INTO ledger_entries (seq, entry)
+        SELECT expected + e.n - 1, e.entry FROM unnest(entries) WITH ORDINALITY AS e(entry, n);
+    INSERT INTO ledger_nodes (id, hash) SELECT * FROM unnest(node_ids, node_hashes);
+    INSERT INTO ledger_keys (from_seq, vkey) SELECT * FROM unnest(key_froms, key_vkeys);
+    current := expected + cardinality(entries);
+    UPDATE ledger_head SET size = current;
+    PERFORM pg_notify('portcullis_ledger', current::text);
+    RETURN QUERY SELECT TRUE, current, wanted;
 END $$;
 ";
 
@@ -591,8 +646,20 @@ impl PostgresStore {
         let prev = batch.prev.as_ref().map(|h| h.as_slice());
         let result = conn.query_one(
             "SELECT appended, head_size, turn_wanted \
-             FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[&expected, &prev, &entries, &ids, &node_ids, &hashes, &key_froms, &key_vkeys, &TURN_CLASS, &TURN_OBJECT],
+             FROM portcullis_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &expected,
+                &prev,
+                &entries,
+                &ids,
+                &node_ids,
+                &hashes,
+                &key_froms,
+                &key_vkeys,
+                &TURN_CLASS,
+                &TURN_OBJECT,
+                &batch.watch_turn,
+            ],
         );
         let row = match result {
             Ok(row) => row,

@@ -118,6 +118,7 @@ fn batch(at: u64, count: u64) -> AppendBatch {
         nodes: (at..at + count).map(|n| (0u8, n, leaf(n))).collect(),
         key_changes: Vec::new(),
         ids: (at..at + count).map(id).collect(),
+        watch_turn: false,
     }
 }
 
@@ -536,6 +537,33 @@ fn postgres_passes_the_turn_with_the_entries_in_flight() {
     assert_eq!((turn.passed.before, turn.passed.leaves), (ours[0], ours[1..].to_vec()));
 }
 
+/// An append tells whether another replica waits for the turn only when its
+/// batch asks (the answer costs a scan of the server's lock table).
+#[test]
+fn postgres_reports_a_waiting_replica_when_asked() {
+    let backend = Postgres::new();
+    let (a, b) = (backend.open(), backend.open());
+    assert!(a.take_turn(0).unwrap().is_some());
+    let mut first = batch(0, 1);
+    first.watch_turn = true;
+    a.append(&first).unwrap();
+    assert!(!a.turn_wanted(), "nobody waits yet");
+    let taking = {
+        let b = Arc::clone(&b);
+        std::thread::spawn(move || b.take_turn(0))
+    };
+    wait_for_lock_waiters(&backend.url(), 1);
+    a.append(&batch(1, 1)).unwrap();
+    assert!(!a.turn_wanted(), "not asked");
+    let mut watching = batch(2, 1);
+    watching.watch_turn = true;
+    a.append(&watching).unwrap();
+    assert!(a.turn_wanted(), "asked, and b waits");
+    a.pass_turn(3, &Passed::default()).unwrap();
+    let turn = taking.join().unwrap().unwrap().expect("b takes the turn a gave up");
+    assert_eq!(turn.committed.len(), 3);
+}
+
 fn entry_texts_of(entries: &[Vec<u8>]) -> Vec<String> {
     entries.iter().map(|e| String::from_utf8(e.clone()).unwrap()).collect()
 }
@@ -666,5 +694,6 @@ fn pass_a_signed_entry(store: &dyn Store, size: u64) -> AppendBatch {
         nodes: vec![(0, size, leaf)],
         key_changes: Vec::new(),
         ids: vec![event.draft.id.0],
+        watch_turn: false,
     }
 }
