@@ -424,7 +424,9 @@ fn publish(head: &watch::Sender<Head>, state: &State) {
 /// notification (or a short timeout, so a missed one only delays), reads
 /// the size, and publishes the head with its root. Under load it looks at
 /// most once per [`Follower::GAP`]: every append notifies every replica, and
-/// loading the root costs a read per level of the tree.
+/// loading the root costs a read per level of the tree. It does not look
+/// when the head moved meanwhile: this replica's own commits publish it,
+/// and they include the other replicas' entries before them.
 struct Follower {
     store: Arc<dyn Store>,
     head: Arc<watch::Sender<Head>>,
@@ -442,6 +444,9 @@ impl Follower {
             self.store.wait_for_growth(known, Self::POLL);
             std::thread::sleep(Self::GAP.saturating_sub(last_look.elapsed()));
             last_look = std::time::Instant::now();
+            if self.head.borrow().size != known {
+                continue;
+            }
             let size = match self.store.size() {
                 Ok(size) => size,
                 Err(e) => {

@@ -55,6 +55,18 @@ fn baseline_single_row_commits(url: &str, clients: usize, secs: f64) -> anyhow::
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Writes out what earlier phases left dirty (`CHECKPOINT`), so that a phase
+/// does not pay for the one before it: otherwise the server's checkpoint,
+/// due once ~1 GB of WAL is written, lands in whichever phase runs then.
+/// Needs a superuser or `pg_checkpoint`; without, the run goes on and says so.
+async fn checkpoint(url: &str) {
+    let url = url.to_string();
+    let done = tokio::task::spawn_blocking(move || admin(&url, "CHECKPOINT")).await;
+    if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from) {
+        eprintln!("CHECKPOINT before a phase failed ({e}); phases may pay for each other's writes");
+    }
+}
+
 /// The machine's CPU time so far, busy and in all (`/proc/stat`, in clock
 /// ticks); `None` where there is no `/proc/stat`.
 fn cpu_ticks() -> Option<(u64, u64)> {
@@ -117,6 +129,7 @@ async fn one_replica(url: &str, origin: &str, events: u64, writers: u64) -> anyh
         let (u, o) = (url.to_string(), origin.to_string());
         tokio::task::spawn_blocking(move || open(&u, &o)).await??
     };
+    checkpoint(url).await;
     let before = cpu_ticks();
     let (elapsed, latencies) = append_load(&ledger, events, writers, 0).await?;
     let cpu = Cpu::between(before, cpu_ticks(), events);
@@ -131,6 +144,7 @@ async fn two_replicas(url: &str, origin: &str, events: u64, writers: u64) -> any
         let (u, o) = (url.to_string(), origin.to_string());
         replicas.push(tokio::task::spawn_blocking(move || open(&u, &o)).await??);
     }
+    checkpoint(url).await;
     let (start, before) = (Instant::now(), cpu_ticks());
     let half = events / 2;
     let (ra, rb) = tokio::join!(
