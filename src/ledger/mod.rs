@@ -493,9 +493,12 @@ impl Writer {
                 match rx.recv_timeout(TURN_IDLE) {
                     Ok(message) => message,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        // Nothing to commit: let the sequencer give the turn up, then wait.
+                        // Nothing to commit: let the sequencer give the turn up (if it
+                        // holds it: else a wake-up for nothing), then wait.
                         busy = false;
-                        if let Some(wake) = self.wake.upgrade() {
+                        if self.store.holds_turn()
+                            && let Some(wake) = self.wake.upgrade()
+                        {
                             let _ = wake.try_send(Request::Idle);
                         }
                         match rx.recv() {
