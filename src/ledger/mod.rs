@@ -329,7 +329,7 @@ impl Ledger {
             if size <= known.size {
                 return Ok::<_, StoreError>(known);
             }
-            let frontier = Frontier::load(size, &crate::store::NodeReader(store.as_ref()))?;
+            let frontier = crate::store::load_frontier(store.as_ref(), size)?;
             Ok(Head { size, root: frontier.root() })
         })
         .await
@@ -424,9 +424,8 @@ fn publish(head: &watch::Sender<Head>, state: &State) {
 /// notification (or a short timeout, so a missed one only delays), reads
 /// the size, and publishes the head with its root. Under load it looks at
 /// most once per [`Follower::GAP`]: every append notifies every replica, and
-/// loading the root costs a read per level of the tree. It does not look
-/// when the head moved meanwhile: this replica's own commits publish it,
-/// and they include the other replicas' entries before them.
+/// loading the root reads a full node per level of the tree (in one query
+/// where the store can, see [`crate::store::load_frontier`]).
 struct Follower {
     store: Arc<dyn Store>,
     head: Arc<watch::Sender<Head>>,
@@ -444,9 +443,6 @@ impl Follower {
             self.store.wait_for_growth(known, Self::POLL);
             std::thread::sleep(Self::GAP.saturating_sub(last_look.elapsed()));
             last_look = std::time::Instant::now();
-            if self.head.borrow().size != known {
-                continue;
-            }
             let size = match self.store.size() {
                 Ok(size) => size,
                 Err(e) => {
@@ -457,7 +453,7 @@ impl Follower {
             if size <= self.head.borrow().size {
                 continue;
             }
-            match Frontier::load(size, &crate::store::NodeReader(self.store.as_ref())) {
+            match crate::store::load_frontier(self.store.as_ref(), size) {
                 Ok(frontier) => publish_head(&self.head, Head { size, root: frontier.root() }),
                 Err(e) => tracing::warn!("following the ledger store: {e}"),
             }

@@ -14,7 +14,8 @@ pub mod kurrent;
 pub mod postgres;
 pub mod sqlite;
 
-use portcullis_format::merkle::Hash;
+use portcullis_format::merkle::{Frontier, Hash, HashReader};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +128,11 @@ pub trait Store: Send + Sync {
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError>;
     /// Consecutive full nodes of one level.
     fn nodes(&self, level: u8, from: u64, count: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The full nodes `wanted` names (level, index), in its order. A store
+    /// with a round trip per read answers it in one (see [`load_frontier`]).
+    fn nodes_at(&self, wanted: &[(u8, u64)]) -> Result<Vec<Hash>, StoreError> {
+        wanted.iter().map(|&(level, index)| self.node(level, index)).collect()
+    }
     /// Stores a signed checkpoint note for `size`. A note for a size already
     /// stored replaces it only when it extends it (the same note with more
     /// signature lines: witness cosignatures); anything else is ignored.
@@ -248,6 +254,37 @@ pub fn redact(url: &str) -> String {
         Some(p) => format!("{scheme}://{authority}/{p}"),
         None => format!("{scheme}://{authority}"),
     }
+}
+
+/// The frontier of the tree of the first `size` entries, its full nodes (one
+/// per set bit of `size`) read with one [`Store::nodes_at`].
+///
+/// # Errors
+/// [`StoreError::MissingNode`] when the store lacks one, or the read fails.
+pub fn load_frontier(store: &dyn Store, size: u64) -> Result<Frontier, StoreError> {
+    /// Hands out nodes read beforehand; with `record`, notes which are asked for instead.
+    struct Ready {
+        record: std::cell::RefCell<Vec<(u8, u64)>>,
+        read: Option<HashMap<(u8, u64), Hash>>,
+    }
+    impl HashReader for Ready {
+        type Error = StoreError;
+        fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+            match &self.read {
+                Some(read) => read.get(&(level, index)).copied().ok_or(StoreError::MissingNode { level, index }),
+                None => {
+                    self.record.borrow_mut().push((level, index));
+                    Ok(Hash::default())
+                }
+            }
+        }
+    }
+    let mut reader = Ready { record: Default::default(), read: None };
+    Frontier::load(size, &reader)?;
+    let wanted = reader.record.take();
+    let hashes = store.nodes_at(&wanted)?;
+    reader.read = Some(wanted.into_iter().zip(hashes).collect());
+    Frontier::load(size, &reader)
 }
 
 /// Adapts a store to the format crate's node reader for proof generation.

@@ -808,6 +808,18 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    fn nodes_at(&self, wanted: &[(u8, u64)]) -> Result<Vec<Hash>, StoreError> {
+        let ids: Vec<i64> = wanted.iter().map(|&(level, index)| node_id(level, index)).collect();
+        let rows = self
+            .with_client(&self.reader, |c| c.query("SELECT id, hash FROM ledger_nodes WHERE id = ANY($1)", &[&ids]))?;
+        let found: HashMap<i64, &[u8]> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut out = Vec::with_capacity(wanted.len());
+        for (&(level, index), id) in wanted.iter().zip(&ids) {
+            out.push(hash_from(found.get(id).ok_or(StoreError::MissingNode { level, index })?)?);
+        }
+        Ok(out)
+    }
+
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
         self.with_client(&self.writer, |c| {
             c.client.execute(

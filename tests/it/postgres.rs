@@ -535,3 +535,30 @@ async fn two_replicas_under_full_load_make_one_chain_with_every_acknowledged_eve
     .await
     .unwrap();
 }
+
+/// The frontier read in one query (`nodes_at`, which PostgreSQL answers with
+/// one `ANY`) is the frontier read node by node, at every size; past the
+/// tree it is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontier_read_in_one_query_is_the_frontier_read_node_by_node() {
+    use crate::store_contract::{Backend, Postgres, Sqlite};
+    use portcullis::store::{NodeReader, StoreError, load_frontier};
+    use portcullis_format::merkle::Frontier;
+    for store in [Postgres::new().open(), Sqlite::new().open()] {
+        let (ledger, thread) =
+            portcullis::ledger::Ledger::open(store.clone(), crate::ledger::signer(1), Default::default()).unwrap();
+        for i in 0..40 {
+            ledger.append(crate::ledger::draft(i)).await.unwrap();
+        }
+        crate::ledger::close(ledger, thread).await;
+        let size = store.size().unwrap();
+        assert!(size > 40, "the ledger's own first entry, the 40 events");
+        for at in 1..=size {
+            let one_by_one = Frontier::load(at, &NodeReader(store.as_ref())).unwrap();
+            let at_once = load_frontier(store.as_ref(), at).unwrap();
+            assert_eq!(at_once.root(), one_by_one.root(), "{} at size {at}", store.describe());
+            assert_eq!(at_once.size(), at);
+        }
+        assert!(matches!(load_frontier(store.as_ref(), size + 1), Err(StoreError::MissingNode { .. })));
+    }
+}
