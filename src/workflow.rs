@@ -155,6 +155,19 @@ impl Workflow {
         Ok(state.downgrade())
     }
 
+    /// The state, caught up with everything the ledger store holds, what other
+    /// replicas appended since this one last looked included (one read of the
+    /// store's size): for a read that must not miss an entry another replica
+    /// has acknowledged, such as a look-up by id that found nothing.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Read`] when the store cannot be read.
+    pub async fn current_from_store(&self) -> Result<RwLockReadGuard<'_, State>, WorkflowError> {
+        let mut state = self.state.write().await;
+        self.catch_up(&mut state).await?;
+        Ok(state.downgrade())
+    }
+
     /// Folds every durable entry the state has not seen yet.
     async fn catch_up(&self, state: &mut State) -> Result<(), WorkflowError> {
         // Replicas on one store: what another replica committed counts too.

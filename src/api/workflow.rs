@@ -78,6 +78,21 @@ fn workflow(state: &AppState) -> Result<&Arc<Workflow>, ApiError> {
     })
 }
 
+/// The current state for a look-up by id: when `holds` says it lacks the
+/// id, the state is first caught up with the ledger store, so an id another
+/// replica has just acknowledged is found here too.
+async fn current_holding(
+    workflow: &Workflow,
+    holds: impl Fn(&State) -> bool,
+) -> Result<tokio::sync::RwLockReadGuard<'_, State>, ApiError> {
+    let current = workflow.current().await?;
+    if holds(&current) {
+        return Ok(current);
+    }
+    drop(current);
+    Ok(workflow.current_from_store().await?)
+}
+
 impl From<WorkflowError> for ApiError {
     fn from(e: WorkflowError) -> Self {
         match e {
@@ -400,7 +415,7 @@ async fn show_request(
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?;
     let id = parse_id("request", &id)?;
-    let state = workflow(&state)?.current().await?;
+    let state = current_holding(workflow(&state)?, |s| s.requests.contains_key(&id)).await?;
     let request = state.requests.get(&id).ok_or_else(|| ApiError::NotFound(format!("no request {id}")))?;
     Ok(Json(request_view(request)).into_response())
 }
@@ -443,7 +458,7 @@ async fn show_grant(
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers)?;
     let id = parse_id("grant", &id)?;
-    let state = workflow(&state)?.current().await?;
+    let state = current_holding(workflow(&state)?, |s| s.grants.contains_key(&id)).await?;
     let grant = state.grants.get(&id).ok_or_else(|| ApiError::NotFound(format!("no grant {id}")))?;
     Ok(Json(grant_view(&state, grant)).into_response())
 }

@@ -62,31 +62,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (4, WATCH_WHEN_ASKED),
 ];
 
-/// Version 2: an append in one statement (one round trip, committed on its
-/// own), and the writers' turn. `portcullis_append` locks the head row,
-/// checks the expected position, refuses a stored or repeated event id with
-/// SQLSTATE `PCDUP` (the id in hex as the detail, nothing written), inserts
-/// everything, moves the head, notifies, and says whether another session
-/// waits for the turn (the advisory lock `(turn_class, turn_object)`, see
-/// [`TURN_CLASS`]). `portcullis_take_turn` gives the turn up first when
-/// `pass`, waits for it at most `wait_ms`, and returns the entries from
-/// `known` on: one round trip from the turn to catching up.
-const APPEND_FUNCTIONS: &str = "
-CREATE FUNCTION portcullis_append(expected BIGINT, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
-                                  node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
-                                  turn_class INT, turn_object INT)
-RETURNS TABLE (appended BOOLEAN, head_size BIGINT, turn_wanted BOOLEAN) LANGUAGE plpgsql AS $$
-DECLARE
-    current BIGINT;
-    inserted BIGINT;
-    dup BYTEA;
-BEGIN
-    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
-    IF current <> expected THEN
-        RETURN QUERY SELECT FALSE, current, FALSE;
-        RETURN;
-    END IF;
-    INSERT INTO ledger_event_ids (id, seq)
+/// The part of every version's `portcullis_append` that writes a batch
+/// whose position and leaf were checked: the event ids (a stored or repeated
+/// one raises SQLSTATE `PCDUP`, nothing written), the entries, nodes and key
+/// changes, the head's move, and the notification. A literal, so that each
+/// version's text (a migration, never changed once released) is built from
+/// the one copy.
+macro_rules! append_rows {
+    () => {
+        "    INSERT INTO ledger_event_ids (id, seq)
         SELECT i.id, expected + i.n - 1 FROM unnest(ids) WITH ORDINALITY AS i(id, n)
         ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS inserted = ROW_COUNT;
@@ -105,7 +89,52 @@ BEGIN
     current := expected + cardinality(entries);
     UPDATE ledger_head SET size = current;
     PERFORM pg_notify('portcullis_ledger', current::text);
-    RETURN QUERY SELECT TRUE, current, EXISTS (
+"
+    };
+}
+
+/// Versions 3 and 4: the head row locked, the expected position and the leaf
+/// the batch was signed on checked (see [`TURN_PASSING`]).
+macro_rules! check_head {
+    () => {
+        "    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
+    IF current <> expected OR (expected > 0 AND prev IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM ledger_nodes n WHERE n.id = expected - 1 AND n.hash = prev)) THEN
+        RETURN QUERY SELECT FALSE, current, FALSE;
+        RETURN;
+    END IF;
+"
+    };
+}
+
+/// Version 2: an append in one statement (one round trip, committed on its
+/// own), and the writers' turn. `portcullis_append` locks the head row,
+/// checks the expected position, refuses a stored or repeated event id with
+/// SQLSTATE `PCDUP` (the id in hex as the detail, nothing written), inserts
+/// everything, moves the head, notifies, and says whether another session
+/// waits for the turn (the advisory lock `(turn_class, turn_object)`, see
+/// [`TURN_CLASS`]). `portcullis_take_turn` gives the turn up first when
+/// `pass`, waits for it at most `wait_ms`, and returns the entries from
+/// `known` on: one round trip from the turn to catching up.
+const APPEND_FUNCTIONS: &str = concat!(
+    "
+CREATE FUNCTION portcullis_append(expected BIGINT, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
+                                  node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
+                                  turn_class INT, turn_object INT)
+RETURNS TABLE (appended BOOLEAN, head_size BIGINT, turn_wanted BOOLEAN) LANGUAGE plpgsql AS $$
+DECLARE
+    current BIGINT;
+    inserted BIGINT;
+    dup BYTEA;
+BEGIN
+    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
+    IF current <> expected THEN
+        RETURN QUERY SELECT FALSE, current, FALSE;
+        RETURN;
+    END IF;
+",
+    append_rows!(),
+    "    RETURN QUERY SELECT TRUE, current, EXISTS (
         SELECT 1 FROM pg_locks l
         WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2
           AND l.classid = turn_class::oid AND l.objid = turn_object::oid
@@ -124,7 +153,8 @@ BEGIN
     -- A statement of its own, so a snapshot taken after the lock: every append before it.
     RETURN QUERY SELECT e.seq, e.entry FROM ledger_entries e WHERE e.seq >= known ORDER BY e.seq LIMIT max_entries;
 END $$;
-";
+"
+);
 
 /// Version 3: the turn is passed together with the holder's signed but
 /// uncommitted entries, so the next replica signs while they commit.
@@ -150,7 +180,8 @@ END $$;
 ///
 /// The version 2 functions stay, so replicas of the previous release keep
 /// working until they are replaced (they neither pass nor read pending entries).
-const TURN_PASSING: &str = "
+const TURN_PASSING: &str = concat!(
+    "
 CREATE UNLOGGED TABLE ledger_pending (only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
                                       from_seq BIGINT NOT NULL, before_leaf BYTEA NOT NULL,
                                       leaves BYTEA[] NOT NULL, last_entry BYTEA NOT NULL);
@@ -164,32 +195,11 @@ DECLARE
     inserted BIGINT;
     dup BYTEA;
 BEGIN
-    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
-    IF current <> expected OR (expected > 0 AND prev IS NOT NULL AND NOT EXISTS (
-            SELECT 1 FROM ledger_nodes n WHERE n.id = expected - 1 AND n.hash = prev)) THEN
-        RETURN QUERY SELECT FALSE, current, FALSE;
-        RETURN;
-    END IF;
-    INSERT INTO ledger_event_ids (id, seq)
-        SELECT i.id, expected + i.n - 1 FROM unnest(ids) WITH ORDINALITY AS i(id, n)
-        ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    IF inserted <> coalesce(cardinality(ids), 0) THEN
-        SELECT e.id INTO dup FROM ledger_event_ids e WHERE e.id = ANY(ids) AND e.seq < expected LIMIT 1;
-        IF dup IS NULL THEN
-            SELECT r.x INTO dup FROM unnest(ids) AS r(x) GROUP BY r.x HAVING count(*) > 1 LIMIT 1;
-        END IF;
-        RAISE EXCEPTION 'event id % is already in the ledger', encode(dup, 'hex')
-            USING ERRCODE = 'PCDUP', DETAIL = encode(dup, 'hex');
-    END IF;
-    INSERT INTO ledger_entries (seq, entry)
-        SELECT expected + e.n - 1, e.entry FROM unnest(entries) WITH ORDINALITY AS e(entry, n);
-    INSERT INTO ledger_nodes (id, hash) SELECT * FROM unnest(node_ids, node_hashes);
-    INSERT INTO ledger_keys (from_seq, vkey) SELECT * FROM unnest(key_froms, key_vkeys);
-    current := expected + cardinality(entries);
-    UPDATE ledger_head SET size = current;
-    PERFORM pg_notify('portcullis_ledger', current::text);
-    RETURN QUERY SELECT TRUE, current, EXISTS (
+",
+    check_head!(),
+    "",
+    append_rows!(),
+    "    RETURN QUERY SELECT TRUE, current, EXISTS (
         SELECT 1 FROM pg_locks l
         WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 2
           AND l.classid = turn_class::oid AND l.objid = turn_object::oid
@@ -242,7 +252,8 @@ BEGIN
         RETURN QUERY SELECT passed_end - 1, passed_last, 'last';
     END IF;
 END $$;
-";
+"
+);
 
 /// Version 4: `portcullis_append(11 arguments)` is version 3's with one
 /// more, `watch_turn`: it looks for a session waiting for the turn (a scan
@@ -250,7 +261,8 @@ END $$;
 /// locks the head row, so the scan is no longer inside the section that
 /// every replica's commit waits for. Version 3's function stays for replicas
 /// of the previous release.
-const WATCH_WHEN_ASKED: &str = "
+const WATCH_WHEN_ASKED: &str = concat!(
+    "
 CREATE FUNCTION portcullis_append(expected BIGINT, prev BYTEA, entries BYTEA[], ids BYTEA[], node_ids BIGINT[],
                                   node_hashes BYTEA[], key_froms BIGINT[], key_vkeys TEXT[],
                                   turn_class INT, turn_object INT, watch_turn BOOLEAN)
@@ -268,34 +280,14 @@ BEGIN
               AND l.classid = turn_class::oid AND l.objid = turn_object::oid
               AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
     END IF;
-    SELECT h.size INTO current FROM ledger_head h FOR UPDATE;
-    IF current <> expected OR (expected > 0 AND prev IS NOT NULL AND NOT EXISTS (
-            SELECT 1 FROM ledger_nodes n WHERE n.id = expected - 1 AND n.hash = prev)) THEN
-        RETURN QUERY SELECT FALSE, current, FALSE;
-        RETURN;
-    END IF;
-    INSERT INTO ledger_event_ids (id, seq)
-        SELECT i.id, expected + i.n - 1 FROM unnest(ids) WITH ORDINALITY AS i(id, n)
-        ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS inserted = ROW_COUNT;
-    IF inserted <> coalesce(cardinality(ids), 0) THEN
-        SELECT e.id INTO dup FROM ledger_event_ids e WHERE e.id = ANY(ids) AND e.seq < expected LIMIT 1;
-        IF dup IS NULL THEN
-            SELECT r.x INTO dup FROM unnest(ids) AS r(x) GROUP BY r.x HAVING count(*) > 1 LIMIT 1;
-        END IF;
-        RAISE EXCEPTION 'event id % is already in the ledger', encode(dup, 'hex')
-            USING ERRCODE = 'PCDUP', DETAIL = encode(dup, 'hex');
-    END IF;
-    INSERT INTO ledger_entries (seq, entry)
-        SELECT expected + e.n - 1, e.entry FROM unnest(entries) WITH ORDINALITY AS e(entry, n);
-    INSERT INTO ledger_nodes (id, hash) SELECT * FROM unnest(node_ids, node_hashes);
-    INSERT INTO ledger_keys (from_seq, vkey) SELECT * FROM unnest(key_froms, key_vkeys);
-    current := expected + cardinality(entries);
-    UPDATE ledger_head SET size = current;
-    PERFORM pg_notify('portcullis_ledger', current::text);
-    RETURN QUERY SELECT TRUE, current, wanted;
+",
+    check_head!(),
+    "",
+    append_rows!(),
+    "    RETURN QUERY SELECT TRUE, current, wanted;
 END $$;
-";
+"
+);
 
 /// The advisory lock of the writers' turn: `pg_advisory_lock(TURN_CLASS, TURN_OBJECT)`
 /// ("port", "turn" in ASCII).
@@ -930,6 +922,29 @@ impl PostgresStore {
         };
         if woke.is_err() {
             *guard = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// A migration runs once per database, so its text is never changed once
+    /// released (the shared fragments it is built from included): a change
+    /// is a new version. The SHA-256 of each released text.
+    #[test]
+    fn released_migrations_are_never_edited() {
+        let released = [
+            (1, "9981059e9975ec9b10fe205a3ffd63a2ce3ce6ee6e37d88bdcc360da2692c3d8"),
+            (2, "28686264f5915ac1760cc50f614e7f91ec8a1535634ad05d18caf2ca60c2e2eb"),
+            (3, "12d3fd550fccb8d3afc11c7674863e0a14e646d76110873e91676ef912d240c9"),
+            (4, "c5509a0111ee79e2a2491def67e18d217ce9fb3918db837345a64516aab4d0f0"),
+        ];
+        assert_eq!(super::MIGRATIONS.len(), released.len(), "a new version is pinned here once released");
+        for ((version, sql), (expected_version, expected)) in super::MIGRATIONS.iter().zip(released) {
+            assert_eq!(*version, expected_version);
+            assert_eq!(super::hex(&Sha256::digest(sql.as_bytes())), expected, "migration {version}");
         }
     }
 }
