@@ -197,7 +197,6 @@ DECLARE
 BEGIN
 ",
     check_head!(),
-    "",
     append_rows!(),
     "    RETURN QUERY SELECT TRUE, current, EXISTS (
         SELECT 1 FROM pg_locks l
@@ -282,7 +281,6 @@ BEGIN
     END IF;
 ",
     check_head!(),
-    "",
     append_rows!(),
     "    RETURN QUERY SELECT TRUE, current, wanted;
 END $$;
