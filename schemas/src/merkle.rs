@@ -60,15 +60,33 @@ impl Frontier {
     /// # Errors
     /// Whatever the reader fails with.
     pub fn load<R: HashReader>(size: u64, reader: &R) -> Result<Self, R::Error> {
-        let mut nodes = Vec::new();
+        let nodes = Self::edge(size)
+            .into_iter()
+            .map(|(level, index)| Ok((level, reader.node(level, index)?)))
+            .collect::<Result<_, _>>()?;
+        Ok(Frontier { size, nodes })
+    }
+
+    /// The full nodes, as `(level, index)`, that the frontier of a tree of
+    /// `size` leaves is made of, largest first: one per set bit of `size`.
+    pub fn edge(size: u64) -> Vec<(u8, u64)> {
+        let mut edge = Vec::new();
         let mut start = 0u64;
         for level in (0..64u8).rev() {
             if size & (1 << level) != 0 {
-                nodes.push((level, reader.node(level, start >> level)?));
+                edge.push((level, start >> level));
                 start += 1 << level;
             }
         }
-        Ok(Frontier { size, nodes })
+        edge
+    }
+
+    /// The frontier of a tree of `size` leaves from the hashes of
+    /// [`Frontier::edge`]`(size)`, in its order; `None` when their number is not the edge's.
+    pub fn from_edge(size: u64, hashes: Vec<Hash>) -> Option<Self> {
+        let edge = Self::edge(size);
+        (edge.len() == hashes.len())
+            .then(|| Frontier { size, nodes: edge.into_iter().map(|(level, _)| level).zip(hashes).collect() })
     }
 
     pub fn size(&self) -> u64 {
@@ -412,6 +430,11 @@ mod tests {
         }
         let reloaded = Frontier::load(37, &all).unwrap();
         assert_eq!(reloaded, frontier);
+        // 37 = 32 + 4 + 1: the subtrees of leaves 0-31, 32-35 and 36.
+        assert_eq!(Frontier::edge(37), [(5, 0), (2, 8), (0, 36)]);
+        let hashes: Vec<Hash> = Frontier::edge(37).iter().map(|&(l, i)| nodes[&(l, i)]).collect();
+        assert_eq!(Frontier::from_edge(37, hashes.clone()), Some(frontier));
+        assert_eq!(Frontier::from_edge(37, hashes[1..].to_vec()), None);
     }
 
     #[test]

@@ -14,8 +14,7 @@ pub mod kurrent;
 pub mod postgres;
 pub mod sqlite;
 
-use portcullis_format::merkle::{Frontier, Hash, HashReader};
-use std::collections::HashMap;
+use portcullis_format::merkle::{Frontier, Hash};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,29 +261,8 @@ pub fn redact(url: &str) -> String {
 /// # Errors
 /// [`StoreError::MissingNode`] when the store lacks one, or the read fails.
 pub fn load_frontier(store: &dyn Store, size: u64) -> Result<Frontier, StoreError> {
-    /// Hands out nodes read beforehand; with `record`, notes which are asked for instead.
-    struct Ready {
-        record: std::cell::RefCell<Vec<(u8, u64)>>,
-        read: Option<HashMap<(u8, u64), Hash>>,
-    }
-    impl HashReader for Ready {
-        type Error = StoreError;
-        fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
-            match &self.read {
-                Some(read) => read.get(&(level, index)).copied().ok_or(StoreError::MissingNode { level, index }),
-                None => {
-                    self.record.borrow_mut().push((level, index));
-                    Ok(Hash::default())
-                }
-            }
-        }
-    }
-    let mut reader = Ready { record: Default::default(), read: None };
-    Frontier::load(size, &reader)?;
-    let wanted = reader.record.take();
-    let hashes = store.nodes_at(&wanted)?;
-    reader.read = Some(wanted.into_iter().zip(hashes).collect());
-    Frontier::load(size, &reader)
+    let hashes = store.nodes_at(&Frontier::edge(size))?;
+    Frontier::from_edge(size, hashes).ok_or_else(|| StoreError::Corrupt("the store answered for other nodes".into()))
 }
 
 /// Adapts a store to the format crate's node reader for proof generation.
