@@ -150,9 +150,7 @@ impl Workflow {
                 return Ok(state);
             }
         }
-        let mut state = self.state.write().await;
-        self.catch_up(&mut state).await?;
-        Ok(state.downgrade())
+        self.current_from_store().await
     }
 
     /// The state, caught up with everything the ledger store holds, what other

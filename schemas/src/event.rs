@@ -196,9 +196,8 @@ impl Event {
     /// # Errors
     /// [`EntryError::Field`] naming the first bad field.
     pub fn validate(&self) -> Result<(), EntryError> {
-        self.validate_fields()?;
-        // `data` is nested one level down in the event object.
-        self.draft.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))
+        check_seq(self.seq)?;
+        self.draft.validate(&self.log)
     }
 
     /// The field rules, without walking `data` (which parsed JSON already satisfies).
@@ -223,9 +222,15 @@ impl EventDraft {
     /// # Errors
     /// [`EntryError::Field`] naming the first bad field.
     pub fn prepare(&self, log: &str) -> Result<PreparedEvent, EntryError> {
-        self.validate_fields(log)?;
-        self.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))?;
+        self.validate(log)?;
         Ok(PreparedEvent::write(self, log))
+    }
+
+    /// Every rule of an event of `log` but `seq`'s.
+    fn validate(&self, log: &str) -> Result<(), EntryError> {
+        self.validate_fields(log)?;
+        // `data` is nested one level down in the event object.
+        self.data.check_strict(1).map_err(|e| field_err("data", e.to_string()))
     }
 
     /// The field rules of an event of `log`, but for `seq` and without walking `data`.
